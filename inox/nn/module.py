@@ -1,0 +1,242 @@
+r"""Base modules and parameters.
+
+A :class:`Module` is a PyTree whose branches are its attributes. Its non-array leaves
+(hyper-parameters such as sizes, flags or functions) are hidden in its tree definition
+when it is flattened, so modules go through :func:`jax.jit`, :func:`jax.grad` and
+:func:`jax.vmap` as they are.
+
+Example:
+    >>> class Affine(nn.Module):
+    ...     def __init__(self, features, key):
+    ...         self.features = features  # static leaf
+    ...         self.scale = nn.Parameter(jax.random.normal(key, (features,)))
+    ...         self.shift = nn.Parameter(jnp.zeros(features))
+    ...     def __call__(self, x):
+    ...         return x * self.scale() + self.shift()
+    >>> model = Affine(3, jax.random.key(0))
+    >>> model
+    Affine(features=3, scale=Parameter(float32[3]), shift=Parameter(float32[3]))
+    >>> jax.tree.leaves(model)  # no 3
+    [Array([...], dtype=float32), Array([0., 0., 0.], dtype=float32)]
+    >>> jax.jit(lambda m, x: m(x))(model, jnp.ones(3)).shape
+    (3,)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Module",
+    "ModuleDef",
+    "Parameter",
+    "ComplexParameter",
+]
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from typing import Any, Dict, Sequence, Tuple
+
+from ..tree import (
+    Filter,
+    Namespace,
+    PyTreeMeta,
+    combine,
+    leaf_paths,
+    mask_children,
+    partition,
+    prepr,
+    unmask_children,
+    walk,
+)
+
+
+class Module(Namespace):
+    r"""Base class for all modules.
+
+    Subclasses set their layers, parameters and hyper-parameters as attributes in
+    :py:`__init__` and define :py:`__call__`.
+
+    Arguments:
+        kwargs: A name-value mapping.
+    """
+
+    def tree_flatten(self):
+        values, names = super().tree_flatten()
+        return [mask_children(v) for v in values], names
+
+    def tree_flatten_with_keys(self):
+        children, names = super().tree_flatten_with_keys()
+        return [(key, mask_children(v)) for key, v in children], names
+
+    @classmethod
+    def tree_unflatten(cls, names: Tuple[str, ...], values: Sequence) -> Module:
+        return super().tree_unflatten(names, [unmask_children(v) for v in values])
+
+    def train(self, mode: bool = True) -> None:
+        r"""Toggles the training mode of this module and of all its submodules.
+
+        Modules that behave differently in training and evaluation (dropout, batch
+        normalization) read their :py:`training` attribute.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(2, 2, key=jax.random.key(0)), nn.TrainingDropout(0.5))
+            >>> model.train(False)
+            >>> model.layers[1].training
+            False
+        """
+
+        for _, node, seen in walk(self):
+            if not seen and isinstance(node, Module) and "training" in vars(node):
+                node.training = mode
+
+    def partition(self, *filters: Filter) -> Tuple[ModuleDef, *Tuple[Dict[str, Any], ...]]:
+        r"""Splits the module into its static definition and path-array dictionaries.
+
+        Arguments:
+            filters: Types or predicates (see :func:`inox.tree.partition`); the last
+                dictionary gets the arrays that satisfy none.
+
+        Returns:
+            The module definition and :py:`len(filters) + 1` dictionaries.
+
+        Example:
+            >>> model = nn.Linear(3, 5, key=jax.random.key(0))
+            >>> modef, params, others = model.partition(nn.Parameter)
+            >>> params
+            {'.bias.value': Array([0., 0., 0., 0., 0.], dtype=float32), '.weight.value': Array(...)}
+            >>> modef(params, others)
+            Linear(bias=Parameter(float32[5]), weight=Parameter(float32[3, 5]))
+        """
+
+        treedef, *dicts = partition(self, *filters)
+        return ModuleDef(treedef), *dicts
+
+
+class ModuleDef(metaclass=PyTreeMeta):
+    r"""The static definition of a module: calling it with the array dictionaries of
+    :meth:`Module.partition` rebuilds the module.
+
+    A module definition is hashable and leafless, so it can be a static argument of
+    :func:`jax.jit`.
+
+    Arguments:
+        treedef: The tree definition of a module.
+    """
+
+    def __init__(self, treedef: jtu.PyTreeDef):
+        self.treedef = treedef
+
+    def __call__(self, *dicts: Dict[str, Any]) -> Module:
+        r"""Rebuilds the module.
+
+        Raises:
+            KeyError: naming every missing and unexpected key.
+        """
+
+        return combine(self.treedef, *dicts)
+
+    @property
+    def paths(self) -> Tuple[str, ...]:
+        r"""The key paths of the arrays of the module, in flattening order."""
+
+        return leaf_paths(self.treedef)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ModuleDef) and self.treedef == other.treedef
+
+    def __hash__(self) -> int:
+        return hash(self.treedef)
+
+    def __repr__(self) -> str:
+        return f"ModuleDef({self.treedef.num_leaves} arrays)"
+
+    def tree_flatten(self):
+        return (), self.treedef
+
+    def tree_flatten_with_keys(self):
+        return (), self.treedef
+
+    @classmethod
+    def tree_unflatten(cls, treedef: jtu.PyTreeDef, children: Sequence) -> ModuleDef:
+        return cls(treedef)
+
+
+class Parameter(metaclass=PyTreeMeta):
+    r"""Wrapper marking an optimizable array.
+
+    Calling a parameter returns its array; its key path ends in ``.value``.
+
+    Arguments:
+        value: An array.
+
+    Example:
+        >>> p = nn.Parameter(jnp.ones((3, 5)))
+        >>> p
+        Parameter(float32[3, 5])
+        >>> p().sum(), p.shape, p.dtype
+        (Array(15., dtype=float32), (3, 5), dtype('float32'))
+    """
+
+    def __init__(self, value: jax.Array):
+        self.value = value
+
+    def __call__(self) -> jax.Array:
+        return self.value
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def __repr__(self) -> str:
+        return prepr(self)
+
+    def __prepr__(self, printer, indent: int) -> str:
+        return f"{type(self).__name__}({printer(self.value, indent + 2)})"
+
+    def tree_flatten(self):
+        return (self.value,), None
+
+    def tree_flatten_with_keys(self):
+        return ((jtu.GetAttrKey("value"), self.value),), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: Sequence) -> Parameter:
+        self = object.__new__(cls)
+        self.value = children[0]
+        return self
+
+
+class ComplexParameter(Parameter):
+    r"""Parameter holding a complex array as a real one, so that real-valued optimizers
+    update its real and imaginary parts.
+
+    The stored value has a trailing axis of size 2 (real, imaginary); calling the
+    parameter returns the complex array.
+
+    Example:
+        >>> p = nn.ComplexParameter(jnp.asarray([1 + 2j, 3j]))
+        >>> p.value
+        Array([[1., 2.],
+               [0., 3.]], dtype=float32)
+        >>> p()
+        Array([1.+2.j, 0.+3.j], dtype=complex64)
+    """
+
+    def __init__(self, value: jax.Array):
+        self.value = jnp.stack((jnp.real(value), jnp.imag(value)), axis=-1)
+
+    def __call__(self) -> jax.Array:
+        return jax.lax.complex(self.value[..., 0], self.value[..., 1])
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.value.shape[:-1]
+
+    @property
+    def dtype(self):
+        return jnp.result_type(self.value.dtype, jnp.complex64)

@@ -1,0 +1,568 @@
+r"""PyTree utilities: registration, masking, partitioning and representation.
+
+Every array of a tree has a *key path*, the string :func:`jax.tree_util.keystr` gives
+for its position (``'.layers[0].weight.value'``). :func:`partition` and :func:`combine`
+convert between trees and flat ``{path: leaf}`` dictionaries, the form in which
+optimizers and checkpoints see a model.
+
+Example:
+    >>> tree = {'w': jnp.ones((2, 3)), 'name': 'mlp', 'b': [jnp.zeros(3)]}
+    >>> treedef, arrays, others = partition(mask(tree), jax.Array)
+    >>> print(prepr(arrays))
+    {"['b'][0]": float32[3], "['w']": float32[2, 3]}
+    >>> unmask(combine(treedef, arrays, others))['name']
+    'mlp'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PyTreeMeta",
+    "Namespace",
+    "Partial",
+    "Static",
+    "is_array",
+    "mask",
+    "unmask",
+    "partition",
+    "combine",
+    "leaf_paths",
+    "find_duplicates",
+    "prepr",
+]
+
+import functools
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tuple
+
+PyTree = Any
+KeyPath = Tuple[Any, ...]
+Filter = type | Callable[[Any], bool]
+
+
+def is_array(x: Any) -> bool:
+    r"""Returns whether :py:`x` is an array, concrete (JAX or NumPy) or abstract.
+
+    Abstract arrays (:class:`jax.ShapeDtypeStruct`) count, so that shape-only trees
+    keep their leaves through :func:`mask` and :func:`partition`.
+
+    Example:
+        >>> is_array(jnp.zeros(2)), is_array(jax.ShapeDtypeStruct((2,), 'f4')), is_array(2.0)
+        (True, True, False)
+    """
+
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+class PyTreeMeta(type):
+    r"""Metaclass that registers every class it creates as a PyTree with keys.
+
+    A class must define :py:`tree_flatten_with_keys(self) -> (children_with_keys, aux)`
+    and the class method :py:`tree_unflatten(aux, children)`; it may define a faster
+    :py:`tree_flatten(self) -> (children, aux)`. A class may also define
+    :py:`tree_children(self)`, the raw ``(key, child)`` pairs seen by
+    :func:`find_duplicates`, when its flattening transforms its children.
+
+    Example:
+        >>> class Pair(metaclass=PyTreeMeta):
+        ...     def __init__(self, a, b):
+        ...         self.a, self.b = a, b
+        ...     def tree_flatten_with_keys(self):
+        ...         return [(jtu.GetAttrKey('a'), self.a), (jtu.GetAttrKey('b'), self.b)], None
+        ...     @classmethod
+        ...     def tree_unflatten(cls, aux, children):
+        ...         return cls(*children)
+        >>> jax.tree.leaves(jax.tree.map(lambda x: x + 1, Pair(1, 2)))
+        [2, 3]
+    """
+
+    def __new__(mcs, name: str, bases: tuple, namespace: dict, **kwargs):
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        jtu.register_pytree_with_keys(
+            cls,
+            cls.tree_flatten_with_keys,
+            cls.tree_unflatten,
+            getattr(cls, "tree_flatten", None),
+        )
+        return cls
+
+
+def is_node(x: Any) -> bool:
+    r"""Returns whether :py:`x` is an instance of a :class:`PyTreeMeta` class."""
+
+    return isinstance(type(x), PyTreeMeta)
+
+
+class Static(metaclass=PyTreeMeta):
+    r"""Hashable, leafless wrapper: its value lives in the tree definition.
+
+    Values that cannot be hashed compare by identity.
+
+    Example:
+        >>> jax.tree.leaves([Static('relu'), jnp.ones(2)])
+        [Array([1., 1.], dtype=float32)]
+        >>> Static('relu') == Static('relu')
+        True
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: Any) -> bool:
+        if type(other) is not Static:
+            return False
+        if self.value is other.value:
+            return True
+        try:
+            return bool(self.value == other.value) and type(self.value) is type(other.value)
+        except Exception:
+            return False
+
+    def __hash__(self) -> int:
+        try:
+            return hash((type(self.value), self.value))
+        except TypeError:
+            return hash(type(self.value))
+
+    def __repr__(self) -> str:
+        return f"Static({self.value!r})"
+
+    def tree_flatten(self):
+        return (), self.value
+
+    def tree_flatten_with_keys(self):
+        return (), self.value
+
+    @classmethod
+    def tree_unflatten(cls, value: Any, children: Sequence) -> Static:
+        return cls(value)
+
+    def __getstate__(self):
+        return self.value
+
+    def __setstate__(self, value):
+        self.value = value
+
+
+def _wrap_static(is_static: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    return lambda x: Static(x) if is_static(x) else x
+
+
+def _unwrap_static(x: Any) -> Any:
+    return x.value if isinstance(x, Static) else x
+
+
+def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree:
+    r"""Wraps the non-array leaves of a tree in :class:`Static`, hiding them from
+    :func:`jax.tree.leaves`.
+
+    Arguments:
+        tree: A tree.
+        is_static: Which leaves to hide; by default those that are not arrays.
+
+    Example:
+        >>> jax.tree.leaves(mask({'a': jnp.zeros(1), 'n': 3}))
+        [Array([0.], dtype=float32)]
+    """
+
+    wrap = _wrap_static(is_static or (lambda x: not is_array(x)))
+    return jax.tree.map(wrap, tree)
+
+
+def unmask(tree: PyTree) -> PyTree:
+    r"""Inverse of :func:`mask`: unwraps every :class:`Static` of a tree.
+
+    Example:
+        >>> unmask(mask({'a': jnp.zeros(1), 'n': 3}))['n']
+        3
+    """
+
+    return jax.tree.map(_unwrap_static, tree, is_leaf=lambda x: isinstance(x, Static))
+
+
+def mask_children(tree: PyTree) -> PyTree:
+    r"""Masks the non-array leaves of a tree without entering :class:`PyTreeMeta` nodes.
+
+    Nodes such as modules and references mask their own children, and must be kept as
+    the same objects so that shared identity can be detected by their scope.
+    """
+
+    def wrap(x: Any) -> Any:
+        return x if is_node(x) or is_array(x) or x is None else Static(x)
+
+    return jax.tree.map(wrap, tree, is_leaf=is_node)
+
+
+def unmask_children(tree: PyTree) -> PyTree:
+    r"""Inverse of :func:`mask_children`."""
+
+    return jax.tree.map(_unwrap_static, tree, is_leaf=is_node)
+
+
+class Namespace(metaclass=PyTreeMeta):
+    r"""PyTree of named attributes, flattened in sorted name order.
+
+    Arguments:
+        kwargs: A name-value mapping.
+
+    Example:
+        >>> ns = Namespace(b=jnp.zeros(2), a=1.0)
+        >>> ns
+        Namespace(a=1.0, b=float32[2])
+        >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(ns)]
+        ['.a', '.b']
+    """
+
+    def __init__(self, **kwargs):
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return prepr(self)
+
+    def tree_children(self) -> List[Tuple[Any, Any]]:
+        return [(jtu.GetAttrKey(name), value) for name, value in sorted(vars(self).items())]
+
+    def tree_flatten(self):
+        names = tuple(sorted(vars(self)))
+        attrs = vars(self)
+        return [attrs[name] for name in names], names
+
+    def tree_flatten_with_keys(self):
+        names = tuple(sorted(vars(self)))
+        attrs = vars(self)
+        return [(jtu.GetAttrKey(name), attrs[name]) for name in names], names
+
+    @classmethod
+    def tree_unflatten(cls, names: Tuple[str, ...], values: Sequence) -> Namespace:
+        self = object.__new__(cls)
+        self.__dict__.update(zip(names, values))
+        return self
+
+
+class Partial(metaclass=PyTreeMeta):
+    r"""A :func:`functools.partial` whose function and arguments are PyTree children.
+
+    Unlike :class:`jax.tree_util.Partial`, the function itself may hold arrays (a
+    module, for instance). Use :func:`mask` to hide non-array leaves.
+
+    Arguments:
+        func: The function.
+        args: Positional arguments to prepend.
+        keywords: Keyword arguments.
+
+    Example:
+        >>> f = Partial(jnp.multiply, jnp.asarray(2.0))
+        >>> f(3.0)
+        Array(6., dtype=float32, weak_type=True)
+        >>> unmask(jax.tree.map(lambda x: x * 2, mask(f)))(3.0)
+        Array(12., dtype=float32, weak_type=True)
+    """
+
+    def __init__(self, func: Callable, *args: Any, **keywords: Any):
+        self.func = func
+        self.args = args
+        self.keywords = keywords
+
+    def __call__(self, *args: Any, **keywords: Any) -> Any:
+        return self.func(*self.args, *args, **{**self.keywords, **keywords})
+
+    def __repr__(self) -> str:
+        return prepr(self)
+
+    def tree_flatten_with_keys(self):
+        children = [
+            (jtu.GetAttrKey("func"), self.func),
+            (jtu.GetAttrKey("args"), self.args),
+            (jtu.GetAttrKey("keywords"), self.keywords),
+        ]
+        return children, None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: Sequence) -> Partial:
+        self = object.__new__(cls)
+        self.func, self.args, self.keywords = children
+        return self
+
+
+def _as_predicate(f: Filter) -> Callable[[Any], bool]:
+    if isinstance(f, type):
+        return lambda x: isinstance(x, f)
+    return f
+
+
+@functools.lru_cache(maxsize=256)
+def leaf_paths(treedef: jtu.PyTreeDef) -> Tuple[str, ...]:
+    r"""Returns the key paths of the leaves of a tree definition, in leaf order.
+
+    Example:
+        >>> leaf_paths(jax.tree.structure({'a': [0, 0], 'b': 0}))
+        ("['a'][0]", "['a'][1]", "['b']")
+    """
+
+    # Placeholders must count as arrays: modules hide non-array leaves when they flatten.
+    placeholders = [jax.ShapeDtypeStruct((), np.float32) for _ in range(treedef.num_leaves)]
+    skeleton = jtu.tree_unflatten(treedef, placeholders)
+    paths = tuple(jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(skeleton))
+    if len(paths) != treedef.num_leaves:
+        raise ValueError(f"cannot compute the key paths of {treedef}")
+    return paths
+
+
+def partition(
+    tree: PyTree,
+    *filters: Filter,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> Tuple[jtu.PyTreeDef, *Tuple[Dict[str, Any], ...]]:
+    r"""Flattens a tree into a definition and path-leaf dictionaries, one per filter.
+
+    A leaf goes to the dictionary of the first filter satisfied by its oldest ancestor
+    (or itself); types are :func:`isinstance` checks. The last dictionary gets the
+    leaves that satisfy no filter.
+
+    Arguments:
+        tree: A tree.
+        filters: Types or predicates.
+        is_leaf: Which nodes to treat as leaves.
+
+    Returns:
+        The tree definition and :py:`len(filters) + 1` dictionaries.
+
+    Example:
+        >>> tree = {'a': (jnp.zeros(2), 1), 'b': 'x'}
+        >>> treedef, arrays, tuples, rest = partition(tree, jax.Array, tuple)
+        >>> list(arrays), list(tuples), list(rest)
+        ([], ["['a'][0]", "['a'][1]"], ["['b']"])
+        >>> jax.tree.leaves(combine(treedef, arrays, tuples, rest)) == jax.tree.leaves(tree)
+        True
+    """
+
+    predicates = [_as_predicate(f) for f in filters]
+
+    def matches(x: Any) -> bool:
+        return any(p(x) for p in predicates) or (is_leaf is not None and is_leaf(x))
+
+    nodes = jtu.tree_leaves_with_path(tree, is_leaf=matches)
+    dicts: List[Dict[str, Any]] = [{} for _ in range(len(filters) + 1)]
+
+    for path, node in nodes:
+        index = next((i for i, p in enumerate(predicates) if p(node)), len(filters))
+        for subpath, leaf in jtu.tree_leaves_with_path(node, is_leaf=is_leaf):
+            dicts[index][jtu.keystr(path + subpath)] = leaf
+
+    return jtu.tree_structure(tree, is_leaf=is_leaf), *dicts
+
+
+def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
+    r"""Inverse of :func:`partition`: rebuilds a tree from path-leaf dictionaries.
+
+    Raises:
+        KeyError: naming every missing and every unexpected key.
+
+    Example:
+        >>> treedef, leaves = partition({'a': 1, 'b': 2})
+        >>> combine(treedef, {"['a']": 3, "['b']": 4})
+        {'a': 3, 'b': 4}
+        >>> combine(treedef, {"['a']": 3, "['c']": 4})
+        Traceback (most recent call last):
+          ...
+        KeyError: "missing key(s) ['b']; unexpected key(s) ['c']"
+    """
+
+    merged: Dict[str, Any] = {}
+    for d in dicts:
+        merged.update(d)
+
+    paths = leaf_paths(treedef)
+    missing = [path for path in paths if path not in merged]
+    unexpected = sorted(set(merged).difference(paths))
+
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing key(s) {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected key(s) {', '.join(unexpected)}")
+        raise KeyError("; ".join(problems))
+
+    return jtu.tree_unflatten(treedef, [merged[path] for path in paths])
+
+
+def _raw_children(node: Any) -> List[Tuple[Any, Any]] | None:
+    r"""Returns the ``(key, child)`` pairs of a node as it is, before any flattening
+    transformation (masking, pruning), or :py:`None` for a leaf."""
+
+    if hasattr(type(node), "tree_children"):
+        return node.tree_children()
+
+    children = jtu.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
+    if len(children) == 1 and children[0][0] == () and children[0][1] is node:
+        return None
+    return [(path[0], child) for path, child in children]
+
+
+def _counts_as_object(x: Any) -> bool:
+    # Immutable scalars, strings and tuples are shared by the interpreter itself
+    # (interning, constant folding): their identity says nothing about the model.
+    return not isinstance(x, (type(None), bool, int, float, complex, str, bytes, tuple, Static))
+
+
+def walk(tree: PyTree) -> Iterator[Tuple[KeyPath, Any, bool]]:
+    r"""Visits every node of a tree depth-first, as ``(path, node, seen)`` triples.
+
+    A node already visited (shared, or on a cycle) is yielded again with
+    :py:`seen=True` but not entered again, so cyclic trees are fine.
+
+    Example:
+        >>> x = [1]
+        >>> [(jtu.keystr(p), seen) for p, n, seen in walk({'a': x, 'b': x})][1:]
+        [("['a']", False), ("['a'][0]", False), ("['b']", True)]
+    """
+
+    visited = set()
+    stack: List[Tuple[KeyPath, Any]] = [((), tree)]
+
+    while stack:
+        path, node = stack.pop()
+        if _counts_as_object(node):
+            if id(node) in visited:
+                yield path, node, True
+                continue
+            visited.add(id(node))
+
+        yield path, node, False
+
+        children = _raw_children(node)
+        if children:
+            stack.extend((path + (key,), child) for key, child in reversed(children))
+
+
+def find_duplicates(tree: PyTree) -> List[List[str]]:
+    r"""Returns the groups of key paths that hold the same Python object.
+
+    Numbers, strings and tuples are not considered, as the interpreter shares them.
+    Cycles are allowed.
+
+    Example:
+        >>> w = jnp.ones(3)
+        >>> find_duplicates({'a': w, 'b': [w], 'c': jnp.ones(3)})
+        [["['a']", "['b'][0]"]]
+    """
+
+    groups: Dict[int, List[str]] = {}
+    for path, node, _ in walk(tree):
+        if _counts_as_object(node) and path:
+            groups.setdefault(id(node), []).append(jtu.keystr(path))
+
+    return [paths for paths in groups.values() if len(paths) > 1]
+
+
+def _array_repr(x: Any, typeonly: bool) -> str:
+    if typeonly or isinstance(x, jax.ShapeDtypeStruct):
+        dtype = getattr(x, "dtype", None)
+        shape = ", ".join(map(str, getattr(x, "shape", ())))
+        return f"{dtype}[{shape}]"
+    return repr(x)
+
+
+class _Printer:
+    def __init__(self, linewidth: int, typeonly: bool):
+        self.linewidth = linewidth
+        self.typeonly = typeonly
+        self.ancestors: set = set()
+        self.scopes: List[set] = []
+
+    def block(self, opener: str, items: List[str], closer: str, indent: int) -> str:
+        if not items:
+            return opener + closer
+        line = opener + ", ".join(items) + closer
+        if "\n" not in line and indent + len(line) <= self.linewidth:
+            return line
+        body = ",\n".join("  " + item.replace("\n", "\n  ") for item in items)
+        return f"{opener}\n{body}\n{closer}"
+
+    def __call__(self, x: Any, indent: int = 0) -> str:
+        if is_array(x):
+            return _array_repr(x, self.typeonly)
+
+        if id(x) in self.ancestors:
+            return self.cycle(x)
+
+        method = getattr(type(x), "__prepr__", None)
+        if method is not None:
+            self.ancestors.add(id(x))
+            try:
+                return method(x, self, indent)
+            finally:
+                self.ancestors.discard(id(x))
+
+        if isinstance(x, (list, tuple, dict, Namespace, Partial)):
+            self.ancestors.add(id(x))
+            try:
+                return self.container(x, indent)
+            finally:
+                self.ancestors.discard(id(x))
+
+        return repr(x)
+
+    def cycle(self, x: Any) -> str:
+        if isinstance(x, list):
+            return "[...]"
+        if isinstance(x, tuple):
+            return "(...)"
+        if isinstance(x, dict):
+            return "{...}"
+        return f"{type(x).__name__}(...)"
+
+    def container(self, x: Any, indent: int) -> str:
+        inner = indent + 2
+        if isinstance(x, Partial):
+            items = [self(x.func, inner)]
+            items += [self(a, inner) for a in x.args]
+            items += [f"{k}={self(v, inner)}" for k, v in x.keywords.items()]
+            return self.block("Partial(", items, ")", indent)
+        if isinstance(x, Namespace):
+            items = [f"{k}={self(v, inner)}" for k, v in sorted(vars(x).items())]
+            return self.block(f"{type(x).__name__}(", items, ")", indent)
+        if isinstance(x, dict):
+            items = [f"{k!r}: {self(v, inner)}" for k, v in x.items()]
+            return self.block("{", items, "}", indent)
+        if isinstance(x, list):
+            return self.block("[", [self(v, inner) for v in x], "]", indent)
+        if hasattr(x, "_fields"):  # namedtuple
+            items = [f"{k}={self(v, inner)}" for k, v in zip(x._fields, x)]
+            return self.block(f"{type(x).__name__}(", items, ")", indent)
+        if len(x) == 1:
+            return f"({self(x[0], inner)},)"
+        return self.block("(", [self(v, inner) for v in x], ")", indent)
+
+
+def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True) -> str:
+    r"""Returns a pretty representation of a tree.
+
+    Arrays are shown by dtype and shape, lines longer than :py:`linewidth` are broken
+    with two-space indents, and cycles are shown as ``[...]`` or ``Name(...)``.
+
+    Arguments:
+        tree: A tree.
+        linewidth: The maximum line width.
+        typeonly: Whether to show arrays by dtype and shape only, or by value.
+
+    Example:
+        >>> print(prepr({'weight': jnp.zeros((64, 64)), 'bias': jnp.zeros(64)}))
+        {'weight': float32[64, 64], 'bias': float32[64]}
+        >>> print(prepr({'weight': jnp.zeros((64, 64)), 'bias': jnp.zeros(64)}, linewidth=40))
+        {
+          'weight': float32[64, 64],
+          'bias': float32[64]
+        }
+        >>> x = []; x.append(x); prepr(x)
+        '[[...]]'
+    """
+
+    return _Printer(linewidth, typeonly)(tree)
