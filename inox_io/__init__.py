@@ -1,3 +1,31 @@
-r"""inox_io: checkpoints that store each shared array once and restore shared identity."""
+r"""inox_io: checkpoints that store each shared array once and restore shared identity.
+
+Example:
+    >>> import tempfile
+    >>> p = nn.Parameter(jnp.ones(3))
+    >>> tree = nn.Scope(a=nn.Reference('p', p), b=nn.Reference('p', p))
+    >>> path = tempfile.mkdtemp() + '/tied.safetensors'
+    >>> _ = inox_io.save(path, tree)
+    >>> restored = inox_io.load(path, tree)
+    >>> restored.a is restored.b
+    True
+"""
 
 __version__ = "0.1.0"
+
+from .api import abstract, convert, inspect, load, save, verify
+from .errors import CheckpointError
+from .manifest import ArrayInfo, Manifest, TieInfo
+
+__all__ = [
+    "save",
+    "load",
+    "inspect",
+    "verify",
+    "convert",
+    "abstract",
+    "CheckpointError",
+    "Manifest",
+    "ArrayInfo",
+    "TieInfo",
+]

@@ -1,0 +1,328 @@
+r"""Saving and loading trees: the public functions of :mod:`inox_io`."""
+
+from __future__ import annotations
+
+__all__ = ["save", "load", "inspect", "verify", "convert", "abstract"]
+
+import jax
+import jax.tree_util as jtu
+import os
+import warnings
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+from inox.nn.share import ties as tree_ties
+from inox.tree import Static, combine, mask, unmask
+
+from .dtypes import is_key_dtype
+from .errors import CheckpointError
+from .formats import format_for
+from .formats.base import Target
+from .manifest import ArrayInfo, Manifest, build, tree_arrays
+
+PyTree = Any
+Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.Sharding | None] | None
+
+
+def save(
+    path: str | os.PathLike,
+    tree: PyTree,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    r"""Saves a tree, each shared array once, with its manifest.
+
+    The format follows the path: ``*.safetensors``, ``*.msgpack``. The file is written
+    atomically: a crash leaves the previous file or the new one, never a partial file.
+    The caller's tree is not modified.
+
+    Arguments:
+        path: The checkpoint's path.
+        tree: A tree of arrays (modules, dicts, lists, ...).
+        metadata: User metadata, string to string.
+        overwrite: Whether to replace an existing checkpoint.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        FileExistsError: if the path exists and :py:`overwrite` is false.
+        TypeError: for tags, dtypes or metadata that cannot be saved.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + '/tree.safetensors'
+        >>> manifest = save(path, {'w': jnp.ones(3), 'act': 'relu'}, metadata={'step': '10'})
+        >>> list(manifest.arrays), manifest.metadata
+        (["['w']"], {'step': '10'})
+    """
+
+    path = Path(path)
+    fmt = format_for(path)
+    manifest, arrays = build(tree, metadata)
+    fmt.write(path, manifest, arrays, overwrite=overwrite)
+    return manifest
+
+
+def _target_sharding(leaf: Any) -> jax.sharding.Sharding | None:
+    if isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)):
+        return getattr(leaf, "sharding", None)
+    return None
+
+
+def _keyed_shardings(shardings: PyTree) -> Dict[str, Any]:
+    def is_leaf(x: Any) -> bool:
+        return isinstance(x, (jax.sharding.Sharding, Static))
+
+    out = {}
+    for path, leaf in jtu.tree_leaves_with_path(shardings, is_leaf=is_leaf):
+        leaf = leaf.value if isinstance(leaf, Static) else leaf
+        if isinstance(leaf, jax.sharding.Sharding):
+            out[jtu.keystr(path)] = leaf
+    return out
+
+
+def _resolve_shardings(
+    shardings: Shardings,
+    like: Mapping[str, Any],
+    owners: Mapping[str, List[str]],
+) -> Dict[str, jax.sharding.Sharding | None]:
+    r"""The sharding of every stored key, from :py:`shardings` or from the ``like``
+    leaves; all positions of one stored key must agree."""
+
+    if shardings is None:
+        def choose(position: str, leaf: Any):
+            return _target_sharding(leaf)
+    elif isinstance(shardings, jax.sharding.Sharding):
+        def choose(position: str, leaf: Any):
+            return shardings
+    elif callable(shardings) and not isinstance(shardings, jax.sharding.Sharding):
+        choose = shardings
+    else:
+        keyed = _keyed_shardings(shardings)
+
+        def choose(position: str, leaf: Any):
+            return keyed.get(position, _target_sharding(leaf))
+
+    out = {}
+    for stored, positions in owners.items():
+        leaf = like[positions[0]]
+        chosen = [(p, choose(p, leaf)) for p in positions]
+        first_position, first = chosen[0]
+        for position, sharding in chosen[1:]:
+            if sharding is not None and first is not None and sharding != first:
+                raise ValueError(
+                    f"tied positions {first_position} and {position} ask for different shardings "
+                    f"({first} and {sharding}); a tied array is placed once"
+                )
+            first = first if first is not None else sharding
+        out[stored] = first
+    return out
+
+
+def _describe(info: ArrayInfo) -> str:
+    return f"{info.dtype}{list(info.shape)}"
+
+
+def _leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
+    dtype = leaf.dtype
+    name = str(dtype) if is_key_dtype(dtype) else jax.numpy.dtype(dtype).name
+    return name, tuple(leaf.shape)
+
+
+def _check_ties(manifest: Manifest, like: PyTree) -> List[str]:
+    def table(ties) -> Dict[Tuple[str, str], List[str]]:
+        return {(t.scope, t.path): sorted(t.aliases) for t in ties}
+
+    file_ties, like_ties = table(manifest.ties), table(tree_ties(like))
+    problems = []
+    for scope, path in sorted(set(file_ties) | set(like_ties)):
+        found, expected = file_ties.get((scope, path)), like_ties.get((scope, path))
+        if found != expected:
+            problems.append(
+                f"{path}: tied to {expected or 'nothing'} in like, to {found or 'nothing'} in the file"
+            )
+    return problems
+
+
+def load(
+    path: str | os.PathLike,
+    like: PyTree,
+    *,
+    strict: bool = True,
+    verify: bool = True,
+    shardings: Shardings = None,
+) -> PyTree:
+    r"""Loads a checkpoint into the structure of :py:`like`.
+
+    The result has the structure and non-array leaves of :py:`like` and the arrays of
+    the file; every tied position holds the same array object.
+
+    Arguments:
+        path: The checkpoint's path.
+        like: A tree of the same structure, with concrete or abstract
+            (:class:`jax.ShapeDtypeStruct`) arrays; see :func:`abstract`.
+        strict: Whether missing, unexpected or mismatched arrays and ties are errors.
+            When false, they are reported in a warning, and positions that could not be
+            loaded keep the leaf of :py:`like`.
+        verify: Whether to verify the checksums of the arrays read.
+        shardings: Where to place the arrays: one sharding for all, a tree of shardings
+            shaped like :py:`like`, or a function :py:`(path, leaf) -> sharding`. By
+            default, the sharding of each :py:`like` leaf, else the default device.
+
+    Raises:
+        CheckpointError: if the file is damaged or does not fit :py:`like`, naming every
+            differing path.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + '/tree.msgpack'
+        >>> w = jnp.arange(3.0)
+        >>> _ = save(path, {'a': w, 'act': 'relu'})
+        >>> load(path, {'a': jax.ShapeDtypeStruct((3,), jnp.float32), 'act': 'gelu'})
+        {'a': Array([0., 1., 2.], dtype=float32), 'act': 'gelu'}
+    """
+
+    path = Path(path)
+    fmt = format_for(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+
+    reader = fmt.open(path)
+    try:
+        manifest = reader.manifest
+        treedef, positions = tree_arrays(like)
+        stored_of = manifest.positions()
+
+        problems = _check_ties(manifest, like)
+        missing, owners = [], {}
+        for position, leaf in positions.items():
+            stored = stored_of.get(position)
+            if stored is None:
+                missing.append(position)
+                continue
+            info = manifest.arrays[stored]
+            dtype, shape = _leaf_description(leaf)
+            if (dtype, shape) != (info.dtype, info.shape):
+                problems.append(f"{position}: {dtype}{list(shape)} expected, {_describe(info)} found")
+                continue
+            owners.setdefault(stored, []).append(position)
+
+        # Positions pruned from like by its ties still choose their sharding.
+        for position, stored in stored_of.items():
+            if stored in owners and position not in positions:
+                owners[stored].append(position)
+        like_leaves = {p: positions[ps[0]] for ps in owners.values() for p in ps}
+
+        problems += [f"{p}: missing from the file" for p in missing]
+        unexpected = [key for key in manifest.arrays if key not in owners]
+        if strict:
+            problems += [f"{k}: in the file but not in like" for k in unexpected]
+            if problems:
+                raise CheckpointError(path, "does not fit like:\n  " + "\n  ".join(problems))
+        elif problems or unexpected:
+            warnings.warn(
+                f"{path}: loaded partially; "
+                + "; ".join(problems + [f"{k}: in the file but not in like (ignored)" for k in unexpected]),
+                stacklevel=2,
+            )
+
+        placement = _resolve_shardings(shardings, like_leaves, owners)
+        arrays = reader.load({key: Target(placement[key]) for key in owners}, verify=verify)
+    finally:
+        reader.close()
+
+    values = {}
+    for position, leaf in positions.items():
+        stored = stored_of.get(position)
+        values[position] = arrays[stored] if stored in arrays else leaf
+    return unmask(combine(treedef, values))
+
+
+def inspect(path: str | os.PathLike) -> Manifest:
+    r"""Reads the manifest of a checkpoint, without reading its arrays.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + '/tree.safetensors'
+        >>> _ = save(path, {'w': jnp.ones((2, 3), jnp.bfloat16)})
+        >>> inspect(path).arrays
+        {"['w']": ArrayInfo(dtype='bfloat16', shape=(2, 3), nbytes=12, crc32='...', key_impl=None)}
+    """
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    with format_for(path).open(path) as reader:
+        return reader.manifest
+
+
+def verify(path: str | os.PathLike) -> Manifest:
+    r"""Reads every array of a checkpoint and checks it against its checksum.
+
+    Returns:
+        The manifest, if everything is intact.
+
+    Raises:
+        CheckpointError: listing every damaged array.
+    """
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    with format_for(path).open(path) as reader:
+        problems = reader.verify()
+        if problems:
+            raise CheckpointError(path, "\n  ".join(["damaged:"] + [p.split(": ", 1)[1] for p in problems]))
+        return reader.manifest
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Manifest:
+    r"""Converts a checkpoint to another format, manifest (ties, metadata) kept.
+
+    The source is verified first, so damage is never copied.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save(folder + '/a.msgpack', {'w': jnp.ones(2)})
+        >>> list(convert(folder + '/a.msgpack', folder + '/a.safetensors').arrays)
+        ["['w']"]
+    """
+
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such checkpoint")
+    fmt = format_for(dst)
+    with format_for(src).open(src) as reader:
+        problems = reader.verify()
+        if problems:
+            raise CheckpointError(src, "\n  ".join(["damaged, not converted:"] + [p.split(": ", 1)[1] for p in problems]))
+        manifest = reader.manifest
+        arrays = {key: reader.host(key) for key in manifest.arrays}
+        fmt.write(dst, manifest, arrays, overwrite=overwrite)
+    return manifest
+
+
+def abstract(fn: Callable[..., PyTree], *args: Any, **kwargs: Any) -> PyTree:
+    r"""Like :func:`jax.eval_shape`, but keeps the non-array leaves (and so the ties) of
+    the returned tree, and passes non-array arguments as they are.
+
+    Nothing is computed or allocated: the result has :class:`jax.ShapeDtypeStruct`
+    leaves, ready to be a ``like`` for :func:`load`.
+
+    Example:
+        >>> like = abstract(nn.Linear, 3, 5, key=jax.random.key(0))
+        >>> like
+        Linear(bias=Parameter(float32[5]), weight=Parameter(float32[3, 5]))
+        >>> type(like.weight.value).__name__
+        'ShapeDtypeStruct'
+    """
+
+    def build_masked(dynamic: PyTree) -> PyTree:
+        a, k = unmask(dynamic)
+        return mask(fn(*a, **k))
+
+    return unmask(jax.eval_shape(build_masked, mask((args, kwargs))))

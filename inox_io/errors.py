@@ -1,0 +1,32 @@
+r"""The one exception family for every unreadable, damaged or mismatched checkpoint."""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError"]
+
+import os
+
+
+class CheckpointError(Exception):
+    r"""A checkpoint cannot be read, is damaged, or does not fit the requested tree.
+
+    The message names the file and, where there is one, the key path at fault.
+
+    Arguments:
+        path: The checkpoint's path.
+        message: What is wrong, and what was expected.
+        key: The key path at fault, if any.
+
+    Example:
+        >>> raise CheckpointError('model.safetensors', 'shape (3,) expected, (4,) found', key='.w')
+        Traceback (most recent call last):
+          ...
+        inox_io.errors.CheckpointError: model.safetensors: .w: shape (3,) expected, (4,) found
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str, *, key: str | None = None):
+        self.path = os.fspath(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + message)

@@ -1,0 +1,161 @@
+r"""The safetensors format: one file that the plain ``safetensors`` library reads.
+
+The header is safetensors' JSON header, with the manifest as a JSON string under
+``__metadata__["inox_io"]``. Dtypes that safetensors does not know (complex128, most
+float8 variants, int4, ...) are stored as raw ``U8`` bytes; the manifest keeps their
+true dtype and shape. Arrays are laid out by decreasing item size, so that each starts
+aligned to its item size in the memory map. Files without a manifest (written by other
+tools) are read with a manifest synthesized from their header.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SafetensorsFormat"]
+
+import json
+import math
+import struct
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple
+
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest
+from .base import FileReader, Format, write_payload_file
+
+#: Manifest dtype name -> safetensors dtype name.
+SAFETENSORS_DTYPES = {
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16",
+    "float16": "F16", "bfloat16": "BF16", "int32": "I32", "uint32": "U32", "float32": "F32",
+    "float64": "F64", "int64": "I64", "uint64": "U64", "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}  # fmt: skip
+FROM_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+MAX_HEADER_BYTES = MAX_MANIFEST_BYTES + 64 * 2**20
+
+
+def header_entry(info: ArrayInfo) -> Tuple[str, list]:
+    r"""The safetensors dtype and shape under which an array's bytes are stored."""
+
+    if info.key_impl:
+        return "U32", list(info.storage_shape)
+    if info.dtype in SAFETENSORS_DTYPES:
+        return SAFETENSORS_DTYPES[info.dtype], list(info.shape)
+    return "U8", [info.nbytes]
+
+
+def layout(manifest: Manifest) -> Dict[str, Tuple[int, int]]:
+    r"""Byte ranges, relative to the end of the header, by decreasing item size."""
+
+    keys = sorted(manifest.arrays, key=lambda k: -manifest.arrays[k].storage_dtype.itemsize)
+    ranges, offset = {}, 0
+    for key in keys:
+        ranges[key] = (offset, offset + manifest.arrays[key].nbytes)
+        offset += manifest.arrays[key].nbytes
+    return ranges
+
+
+def encode_header(manifest: Manifest, ranges: Mapping[str, Tuple[int, int]], extra: Mapping[str, str]) -> bytes:
+    header: Dict[str, Any] = {"__metadata__": {**extra, FORMAT: manifest.to_json()}}
+    for key, (begin, end) in ranges.items():
+        dtype, shape = header_entry(manifest.arrays[key])
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+    data = json.dumps(header, separators=(",", ":")).encode()
+    data += b" " * (-len(data) % 8)  # as safetensors does: the data starts 8-aligned
+    return struct.pack("<Q", len(data)) + data
+
+
+class SafetensorsFormat(Format):
+    r"""``*.safetensors`` files."""
+
+    name = "safetensors"
+
+    def matches(self, path: Path) -> bool:
+        return path.suffix == ".safetensors"
+
+    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+        self.write_with_metadata(path, manifest, arrays, {}, overwrite=overwrite)
+
+    def write_with_metadata(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        extra: Mapping[str, str],
+        *,
+        overwrite: bool,
+    ) -> None:
+        r"""Writes the file with extra string entries in ``__metadata__``."""
+
+        ranges = layout(manifest)
+        write_payload_file(
+            path,
+            manifest,
+            lambda m: encode_header(m, ranges, extra),
+            [(b"", key) for key in ranges],
+            arrays,
+            overwrite=overwrite,
+        )
+
+    def open(self, path: Path) -> SafetensorsReader:
+        return SafetensorsReader(path)
+
+
+class SafetensorsReader(FileReader):
+    def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
+        if len(buffer) < 8:
+            self.fail(f"{len(buffer)} bytes, too short for a safetensors header (truncated?)")
+        (length,) = struct.unpack("<Q", buffer[:8])
+        if length > MAX_HEADER_BYTES:
+            self.fail(f"header length {length} exceeds the {MAX_HEADER_BYTES} bytes allowed")
+        if 8 + length > len(buffer):
+            self.fail(f"header length {length} exceeds the file size {len(buffer)} (truncated?)")
+        try:
+            header = json.loads(bytes(buffer[8 : 8 + length]))
+        except (ValueError, RecursionError) as e:
+            self.fail(f"malformed safetensors header ({e})")
+        if not isinstance(header, dict):
+            self.fail("malformed safetensors header (an object expected)")
+
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            self.fail("malformed __metadata__ (a map of strings expected)")
+        self.metadata = metadata
+
+        start = 8 + length
+        stored: Dict[str, Tuple[str, list, int, int]] = {}
+        for key, entry in header.items():
+            try:
+                dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                self.fail("malformed header entry (dtype, shape and data_offsets expected)", key=key)
+            if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
+                self.fail("shape and offsets must be non-negative integers", key=key)
+            stored[key] = (dtype, shape, start + begin, start + end)
+
+        if FORMAT in metadata:
+            manifest = Manifest.from_json(metadata[FORMAT], source=str(self.path))
+        else:
+            manifest = self.synthesize(stored)
+
+        ranges = {}
+        for key, info in manifest.arrays.items():
+            if key not in stored:
+                self.fail("listed in the manifest but not in the safetensors header", key=key)
+            dtype, shape, begin, end = stored[key]
+            if (dtype, shape) != header_entry(info):
+                self.fail(f"header says {dtype}{shape}, the manifest {info.dtype}{list(info.shape)}", key=key)
+            ranges[key] = (begin, end)
+        return manifest, ranges
+
+    def synthesize(self, stored: Mapping[str, Tuple[str, list, int, int]]) -> Manifest:
+        r"""A manifest for a file written by another tool: no ties, no checksums."""
+
+        arrays = {}
+        for key, (dtype, shape, begin, end) in stored.items():
+            if dtype not in FROM_SAFETENSORS:
+                self.fail(f"unsupported safetensors dtype {dtype!r}", key=key)
+            info = ArrayInfo(FROM_SAFETENSORS[dtype], tuple(shape), 0)
+            info.nbytes = math.prod(info.shape) * info.storage_dtype.itemsize
+            arrays[key] = info
+        return Manifest(arrays)

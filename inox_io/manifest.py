@@ -1,0 +1,402 @@
+r"""The manifest: what a checkpoint holds, built from a tree, checked against a ``like``
+tree, and encoded as JSON inside every format (see ``docs/format.md``).
+
+Example:
+    >>> p = nn.Parameter(jnp.ones(3))
+    >>> tree = nn.Scope(a=nn.Reference('p', p), b=nn.Reference('p', p), name='demo')
+    >>> manifest, arrays = build(tree)
+    >>> list(manifest.arrays), manifest.ties
+    (['.a.value.value'], [TieInfo(scope='', tag='p', path='.a', aliases=['.b'])])
+    >>> manifest.statics
+    {'.name': 'demo'}
+    >>> Manifest.from_json(manifest.to_json(), source='demo') == manifest
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ArrayInfo",
+    "TieInfo",
+    "Manifest",
+    "build",
+    "tree_arrays",
+    "encode_tag",
+    "decode_tag",
+]
+
+import dataclasses
+import json
+import jax
+import jax.tree_util as jtu
+import math
+import numpy as np
+import platform
+import warnings
+
+from typing import Any, Dict, Hashable, List, Mapping, Tuple
+
+import inox
+
+from inox.nn.share import ties as tree_ties
+from inox.tree import Static, is_array, mask, partition
+
+from .dtypes import DTYPES, dtype_name, is_key_dtype
+from .errors import CheckpointError
+
+FORMAT = "inox_io"
+VERSION = 1
+
+#: PRNG implementations a file may name, with the trailing shape of their key data.
+KEY_IMPLS = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
+
+MAX_MANIFEST_BYTES = 256 * 2**20
+MAX_JSON_DEPTH = 64
+
+
+@dataclasses.dataclass
+class ArrayInfo:
+    r"""One stored array: logical dtype and shape, stored size and checksum."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+    nbytes: int
+    crc32: str | None = None  #: 8 hexadecimal digits, or None where not computed.
+    key_impl: str | None = None  #: For PRNG key arrays: the key implementation.
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        r"""The dtype of the stored bytes (``uint32`` for key data)."""
+
+        return np.dtype(np.uint32) if self.key_impl else DTYPES[self.dtype]
+
+    @property
+    def storage_shape(self) -> Tuple[int, ...]:
+        r"""The shape of the stored bytes (key data has trailing dimensions)."""
+
+        return self.shape + KEY_IMPLS[self.key_impl] if self.key_impl else self.shape
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {"dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes, "crc32": self.crc32}
+        if self.key_impl:
+            out["key_impl"] = self.key_impl
+        return out
+
+
+@dataclasses.dataclass
+class TieInfo:
+    r"""One tag of one scope: the preserved occurrence's path and the pruned ones'."""
+
+    scope: str
+    tag: Hashable
+    path: str
+    aliases: List[str]
+
+
+@dataclasses.dataclass
+class Manifest:
+    r"""Everything a checkpoint says about its tree, besides the array bytes."""
+
+    arrays: Dict[str, ArrayInfo]
+    ties: List[TieInfo] = dataclasses.field(default_factory=list)
+    aliases: Dict[str, str] = dataclasses.field(default_factory=dict)  #: implicit sharing
+    statics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    libraries: Dict[str, str] = dataclasses.field(default_factory=dict)
+    format: str = FORMAT
+    version: int = VERSION
+
+    @property
+    def nbytes(self) -> int:
+        r"""The bytes of the stored arrays."""
+
+        return sum(info.nbytes for info in self.arrays.values())
+
+    def positions(self) -> Dict[str, str]:
+        r"""Maps every array position of the tree, stored or aliased, to its stored key.
+
+        Positions under a tie alias map to the key under the preserved occurrence.
+        """
+
+        out = {key: key for key in self.arrays}
+        out.update(self.aliases)
+        for tie in self.ties:
+            head = tie.path + ".value"
+            below = [k for k in self.arrays if k == head or (k.startswith(head) and k[len(head)] in ".[")]
+            for alias in tie.aliases:
+                for key in below:
+                    out[alias + key[len(tie.path) :]] = key
+        return out
+
+    def saved_bytes(self) -> int:
+        r"""The bytes that storing each shared array once saved."""
+
+        return sum(self.arrays[key].nbytes for position, key in self.positions().items() if position != key)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": self.format,
+                "version": self.version,
+                "libraries": self.libraries,
+                "arrays": {key: info.to_json() for key, info in self.arrays.items()},
+                "ties": [
+                    {"scope": t.scope, "tag": encode_tag(t.tag), "path": t.path, "aliases": t.aliases}
+                    for t in self.ties
+                ],
+                "aliases": self.aliases,
+                "statics": self.statics,
+                "metadata": self.metadata,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str) -> Manifest:
+        r"""Parses and validates a manifest.
+
+        Raises:
+            CheckpointError: naming :py:`source`, on anything malformed.
+        """
+
+        def fail(message: str, key: str | None = None):
+            raise CheckpointError(source, f"manifest: {message}", key=key)
+
+        if len(text) > MAX_MANIFEST_BYTES:
+            fail(f"{len(text)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, RecursionError, UnicodeDecodeError) as e:
+            fail(f"not valid JSON ({e})")
+        if _depth(data) > MAX_JSON_DEPTH:
+            fail(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            fail(f"format {FORMAT!r} expected")
+        if data.get("version") != VERSION:
+            fail(f"unknown format version {data.get('version')!r}; this library reads version {VERSION}")
+
+        arrays = {}
+        for key, entry in _expect(data, "arrays", dict, fail).items():
+            arrays[key] = _parse_array_info(key, entry, fail)
+
+        ties = []
+        for t in _expect(data, "ties", list, fail):
+            if not isinstance(t, dict) or not all(isinstance(t.get(k), str) for k in ("scope", "path")):
+                fail(f"tie {t!r}: scope and path strings expected")
+            aliases = t.get("aliases")
+            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+                fail(f"tie {t['path']}: a list of alias paths expected")
+            try:
+                tag = decode_tag(t.get("tag"))
+            except ValueError as e:
+                fail(str(e), key=t["path"])
+            ties.append(TieInfo(t["scope"], tag, t["path"], aliases))
+
+        aliases = _expect(data, "aliases", dict, fail)
+        for alias, key in aliases.items():
+            if key not in arrays:
+                fail(f"implicit alias of {key!r}, which is not stored", key=alias)
+        metadata = _expect(data, "metadata", dict, fail)
+        if not all(isinstance(v, str) for v in metadata.values()):
+            fail("metadata values must be strings")
+        libraries = _expect(data, "libraries", dict, fail)
+        statics = _expect(data, "statics", dict, fail)
+
+        return cls(arrays, ties, aliases, statics, metadata, libraries)
+
+
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _depth(x: Any) -> int:
+    stack, deepest = [(x, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+def _expect(data: Dict, name: str, kind: type, fail) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        fail(f"field {name!r}: {kind.__name__} expected, found {type(value).__name__}")
+    return value
+
+
+def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
+    if not isinstance(entry, dict):
+        fail("an object expected", key=key)
+    dtype, shape, nbytes = entry.get("dtype"), entry.get("shape"), entry.get("nbytes")
+    crc, impl = entry.get("crc32"), entry.get("key_impl")
+
+    if impl is not None and impl not in KEY_IMPLS:
+        fail(f"unknown PRNG key implementation {impl!r}", key=key)
+    if impl is None and dtype not in DTYPES:
+        fail(f"unknown dtype {dtype!r}", key=key)
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        fail(f"shape {shape!r}: a list of non-negative integers expected", key=key)
+    if crc is not None and not (isinstance(crc, str) and len(crc) == 8 and all(c in "0123456789abcdef" for c in crc)):
+        fail(f"crc32 {crc!r}: 8 hexadecimal digits expected", key=key)
+
+    info = ArrayInfo(dtype, tuple(shape), nbytes, crc, impl)
+    expected = math.prod(info.storage_shape) * info.storage_dtype.itemsize
+    if type(nbytes) is not int or nbytes != expected:
+        fail(f"nbytes {nbytes!r} does not match dtype {dtype} and shape {tuple(shape)} ({expected})", key=key)
+    return info
+
+
+def encode_tag(tag: Hashable) -> Any:
+    r"""Encodes a tag as JSON: strings and integers as themselves, tuples as
+    :py:`{"tuple": [...]}`.
+
+    Raises:
+        TypeError: for any other tag (booleans included: they would read back as ints).
+
+    Example:
+        >>> encode_tag(('block', 3))
+        {'tuple': ['block', 3]}
+    """
+
+    if isinstance(tag, str) or (isinstance(tag, int) and not isinstance(tag, bool)):
+        return tag
+    if isinstance(tag, tuple):
+        return {"tuple": [encode_tag(t) for t in tag]}
+    raise TypeError(f"tag {tag!r} cannot be saved: use a str, an int, or a tuple of those")
+
+
+def decode_tag(data: Any) -> Hashable:
+    r"""Inverse of :func:`encode_tag`.
+
+    Example:
+        >>> decode_tag({'tuple': ['block', 3]})
+        ('block', 3)
+    """
+
+    if isinstance(data, str) or (isinstance(data, int) and not isinstance(data, bool)):
+        return data
+    if isinstance(data, dict) and list(data) == ["tuple"] and isinstance(data["tuple"], list):
+        return tuple(decode_tag(t) for t in data["tuple"])
+    raise ValueError(f"tag {data!r} is not a valid encoded tag")
+
+
+def tree_arrays(tree: Any) -> Tuple[jtu.PyTreeDef, Dict[str, Any]]:
+    r"""Flattens a tree into its definition (non-array leaves hidden in it) and its
+    arrays by key path, shared positions pruned.
+
+    Example:
+        >>> treedef, arrays = tree_arrays({'w': jnp.ones(2), 'act': 'relu'})
+        >>> list(arrays)
+        ["['w']"]
+    """
+
+    treedef, arrays = partition(mask(tree))
+    return treedef, arrays
+
+
+def _statics(tree: Any) -> Dict[str, Any]:
+    out = {}
+    for path, leaf in jtu.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, Static)):
+        value = leaf.value if isinstance(leaf, Static) else leaf
+        if not is_array(value) and _is_json(value):
+            out[jtu.keystr(path)] = value
+    return out
+
+
+def _is_json(x: Any) -> bool:
+    if x is None or isinstance(x, (bool, int, str)):
+        return True
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return False
+
+
+def array_info(key: str, x: Any) -> ArrayInfo:
+    r"""Describes a concrete array (its checksum is filled in when it is written)."""
+
+    if isinstance(x, jax.ShapeDtypeStruct):
+        raise TypeError(f"{key}: cannot save an abstract array ({x}); pass concrete arrays")
+    if is_key_dtype(x.dtype):
+        impl = str(jax.random.key_impl(x))
+        if impl not in KEY_IMPLS:
+            raise TypeError(f"{key}: PRNG key implementation {impl!r} cannot be saved")
+        return ArrayInfo(str(x.dtype), tuple(x.shape), x.size * math.prod(KEY_IMPLS[impl]) * 4, None, impl)
+    try:
+        name = dtype_name(x.dtype)
+    except TypeError as e:
+        raise TypeError(f"{key}: {e}") from None
+    return ArrayInfo(name, tuple(x.shape), x.size * np.dtype(x.dtype).itemsize)
+
+
+def library_versions() -> Dict[str, str]:
+    from . import __version__
+
+    return {
+        "inox_io": __version__,
+        "inox": inox.__version__,
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifest, Dict[str, Any]]:
+    r"""Builds the manifest of a tree and returns it with the arrays to store.
+
+    The same array object at several positions without a :class:`inox.nn.Reference`
+    (implicit sharing) is stored once; its other positions are recorded as aliases and
+    a warning names them.
+
+    Raises:
+        TypeError: for tags, dtypes or metadata that cannot be saved.
+    """
+
+    metadata = dict(metadata or {})
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str, found {k!r}: {v!r}")
+
+    _, positions = tree_arrays(tree)
+    arrays: Dict[str, Any] = {}
+    aliases: Dict[str, str] = {}
+    first: Dict[int, str] = {}
+    for key, x in positions.items():
+        if id(x) in first:
+            aliases[key] = first[id(x)]
+        else:
+            first[id(x)] = key
+            arrays[key] = x
+
+    if aliases:
+        groups: Dict[str, List[str]] = {}
+        for alias, key in aliases.items():
+            groups.setdefault(key, [key]).append(alias)
+        listing = "; ".join(" = ".join(g) for g in groups.values())
+        warnings.warn(
+            f"the same array sits at several positions without a Reference ({listing}); "
+            "it is stored once and restored shared. Declare the tie with inox.nn.Reference "
+            "inside an inox.nn.Scope to make it explicit.",
+            stacklevel=3,
+        )
+
+    ties = [TieInfo(t.scope, t.tag, t.path, list(t.aliases)) for t in tree_ties(tree)]
+    for t in ties:
+        try:
+            encode_tag(t.tag)
+        except TypeError as e:
+            raise TypeError(f"{t.path}: {e}") from None
+
+    infos = {key: array_info(key, x) for key, x in arrays.items()}
+    manifest = Manifest(infos, ties, aliases, _statics(tree), metadata, library_versions())
+    return manifest, arrays
