@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["save", "load", "inspect", "verify", "convert", "abstract"]
 
+import collections.abc
 import jax
 import jax.tree_util as jtu
 import os
@@ -18,11 +19,14 @@ from inox.tree import Static, combine, mask, unmask
 from .dtypes import is_key_dtype
 from .errors import CheckpointError
 from .formats import format_for
-from .formats.base import Target
+from .formats.base import Reader, Target
 from .manifest import ArrayInfo, Manifest, build, tree_arrays
 
 PyTree = Any
 Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.Sharding | None] | None
+
+#: Called as :py:`progress(stage, done, total)`, in bytes; stage is "verify" or "write".
+Progress = Callable[[str, int, int], None]
 
 
 def save(
@@ -259,30 +263,91 @@ def inspect(path: str | os.PathLike) -> Manifest:
         return reader.manifest
 
 
-def verify(path: str | os.PathLike) -> Manifest:
+def _verify_all(reader: Reader, progress: Progress | None) -> List[str]:
+    r"""Verifies every array; one at a time when progress is reported."""
+
+    if progress is None:
+        return reader.verify()
+    total, done, problems = reader.manifest.nbytes, 0, []
+    progress("verify", 0, total)
+    for key, info in reader.manifest.arrays.items():
+        problems += reader.verify([key])
+        done += info.nbytes
+        progress("verify", done, total)
+    return problems
+
+
+class _Reporting(collections.abc.Mapping):
+    r"""The arrays handed to a writer, reporting the bytes written so far.
+
+    Writers ask for one array at a time, so when one is asked for, those asked for
+    before are written.
+    """
+
+    def __init__(self, arrays: Mapping[str, Any], manifest: Manifest, progress: Progress):
+        self.arrays, self.manifest, self.progress = arrays, manifest, progress
+        self.asked: set = set()
+        self.done = 0
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.asked:
+            self.progress("write", self.done, self.manifest.nbytes)
+            self.asked.add(key)
+            self.done += self.manifest.arrays[key].nbytes
+        return self.arrays[key]
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
+def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Manifest:
     r"""Reads every array of a checkpoint and checks it against its checksum.
+
+    Arguments:
+        path: The checkpoint's path.
+        progress: Called as :py:`progress("verify", done, total)` after each array.
 
     Returns:
         The manifest, if everything is intact.
 
     Raises:
         CheckpointError: listing every damaged array.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + '/tree.safetensors'
+        >>> _ = save(path, {'a': jnp.ones(2), 'b': jnp.zeros(3)})
+        >>> _ = verify(path, progress=lambda stage, done, total: print(stage, done, total))
+        verify 0 20
+        verify 8 20
+        verify 20 20
     """
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     with format_for(path).open(path) as reader:
-        problems = reader.verify()
+        problems = _verify_all(reader, progress)
         if problems:
             raise CheckpointError(path, "\n  ".join(["damaged:"] + [p.split(": ", 1)[1] for p in problems]))
         return reader.manifest
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Manifest:
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Manifest:
     r"""Converts a checkpoint to another format, manifest (ties, metadata) kept.
 
-    The source is verified first, so damage is never copied.
+    The source is verified first, so damage is never copied. :py:`progress`, if given,
+    is called as :py:`progress(stage, done, total)` through the "verify" then the
+    "write" stage.
 
     Example:
         >>> import tempfile
@@ -297,12 +362,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool =
         raise FileNotFoundError(f"{src}: no such checkpoint")
     fmt = format_for(dst)
     with format_for(src).open(src) as reader:
-        problems = reader.verify()
+        problems = _verify_all(reader, progress)
         if problems:
             raise CheckpointError(src, "\n  ".join(["damaged, not converted:"] + [p.split(": ", 1)[1] for p in problems]))
         manifest = reader.manifest
         arrays = {key: reader.host(key) for key in manifest.arrays}
+        if progress is not None:
+            arrays = _Reporting(arrays, manifest, progress)
         fmt.write(dst, manifest, arrays, overwrite=overwrite)
+        if progress is not None:
+            progress("write", manifest.nbytes, manifest.nbytes)
     return manifest
 
 
