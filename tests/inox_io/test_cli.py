@@ -1,0 +1,260 @@
+r"""The ``inox-io`` command line, run in-process through :func:`inox_io.cli.main` and once
+as a real process."""
+
+import io
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import inox.nn as nn
+import inox_io
+
+from inox_io.cli import ProgressBar, human_size, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WeightSharingMLP(nn.Scope):
+    r"""The spec's seed model: l2 is l1, and l4's weight is l3's."""
+
+    def __init__(self, key):
+        keys = jax.random.split(key, 3)
+
+        self.l1 = nn.Linear(in_features=64, out_features=64, key=keys[0])
+        self.l3 = nn.Linear(in_features=64, out_features=64, key=keys[1])
+        self.l4 = nn.Linear(in_features=64, out_features=64, key=keys[2])
+
+        self.l1 = nn.Reference("l1", self.l1)
+        self.l2 = self.l1  # tied layer
+        self.l3.weight = nn.Reference("l3.weight", self.l3.weight)
+        self.l4.weight = self.l3.weight  # tied parameter
+
+        self.relu = nn.ReLU()
+
+    def __call__(self, x):
+        x = self.l1(x)
+        x = self.l2(self.relu(x))
+        x = self.l3(self.relu(x))
+        return self.l4(self.relu(x))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return WeightSharingMLP(jax.random.key(0))
+
+
+@pytest.fixture
+def seed(tmp_path, model) -> Path:
+    path = tmp_path / "seed.safetensors"
+    inox_io.save(path, model, metadata={"step": "1000"})
+    return path
+
+
+def corrupt(path: Path, dst: Path) -> Path:
+    r"""A copy of a checkpoint with its last byte (array data, in both formats) flipped."""
+
+    shutil.copy(path, dst)
+    data = bytearray(dst.read_bytes())
+    data[-1] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_inspect_shows_ties_and_totals(seed, capsys):
+    assert main(["inspect", str(seed)]) == 0
+    out = capsys.readouterr().out
+
+    # Each tag, its preserved path and its aliases, in the root scope.
+    assert "scope <root>" in out
+    assert re.search(r"'l1'\s+\.l1\s+aliases \.l2\n", out)
+    assert re.search(r"'l3\.weight'\s+\.l3\.weight\s+aliases \.l4\.weight\n", out)
+
+    # The stored keys as a tree, with dtypes, shapes and sizes.
+    assert re.search(r"\n  \.l1\.value\n    \.bias\.value\s+float32\[64\]\s+256 B\n", out)
+    assert re.search(r"\.weight\.value\.value\s+float32\[64, 64\]\s+16\.0 KiB", out)
+    assert ".l2" not in out.split("ties")[0]  # pruned positions are not stored
+
+    assert "step = '1000'" in out
+    assert "implicit sharing: none" in out
+    # 3 * 256 + 2 * 16384 bytes stored; l2's bias and weight and l4's weight are aliases.
+    assert "total: 5 arrays, 32.8 KiB stored, 32.2 KiB saved by sharing (3 aliased positions)" in out
+
+
+def test_inspect_json_is_the_manifest(seed, capsys):
+    assert main(["inspect", "--json", str(seed)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(inox_io.inspect(seed).to_json())
+    assert printed["ties"][0] == {"scope": "", "tag": "l1", "path": ".l1", "aliases": [".l2"]}
+
+
+def test_inspect_implicit_sharing_and_statics(tmp_path, capsys):
+    w = jnp.ones((4, 4))
+    path = tmp_path / "implicit.msgpack"
+    with pytest.warns(UserWarning, match="without a Reference"):
+        inox_io.save(path, {"a": w, "b": w, "act": "gelu", "depth": 3})
+
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"implicit sharing .*\n  \['b'\]\s+= \['a'\]\n", out)
+    assert re.search(r"static hyper-parameters\n  \['act'\]\s+= 'gelu'\n  \['depth'\]\s+= 3\n", out)
+    assert "ties: none" in out
+    assert "64 B saved by sharing (1 aliased position)" in out
+
+
+def test_inspect_foreign_safetensors(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"encoder.layer.0.weight": np.zeros((2, 3), np.float32)}, str(path))
+
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "written by another tool" in out
+    assert re.search(r"  encoder\.layer\.0\.weight\s+float32\[2, 3\]\s+24 B\n", out)
+    assert "(1 array without checksum)" in out
+
+    assert main(["verify", str(path)]) == 0
+    assert "1 array without checksum (not verified)" in capsys.readouterr().out
+
+
+def test_verify(seed, tmp_path, capsys):
+    assert main(["verify", str(seed)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "OK: 5 arrays, 32.8 KiB, every checksum matches\n"
+    assert captured.err == ""  # no progress bar outside a terminal
+
+    damaged = corrupt(seed, tmp_path / "damaged.safetensors")
+    assert main(["verify", str(damaged)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.search(r"damaged\.safetensors: damaged:\n  \.\S+: checksum mismatch", captured.err)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\xff" * 8 + b"{}"])
+def test_verify_malformed_file(tmp_path, capsys, content):
+    for suffix in (".safetensors", ".msgpack"):
+        path = tmp_path / f"bad{suffix}"
+        path.write_bytes(content)
+        assert main(["verify", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"inox-io: {path}: ") and "Traceback" not in err
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "model.pt")]) == 2
+    assert "unknown checkpoint format" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["--version"]) == 0
+    assert inox_io.__version__ in capsys.readouterr().out
+
+
+def test_convert_roundtrip(seed, tmp_path, model, capsys):
+    packed, back = tmp_path / "seed.msgpack", tmp_path / "back.safetensors"
+    assert main(["convert", str(seed), str(packed)]) == 0
+    assert main(["convert", str(packed), str(back)]) == 0
+    out = capsys.readouterr().out
+    assert "to " + str(packed) + " (msgpack): 5 arrays, 32.8 KiB, 2 ties kept" in out
+
+    assert inox_io.inspect(back).to_json() == inox_io.inspect(seed).to_json()
+    like = inox_io.abstract(WeightSharingMLP, jax.random.key(0))
+    for path in (packed, back):
+        restored = inox_io.load(path, like)
+        assert restored.l1 is restored.l2
+        assert restored.l3.weight.value is restored.l4.weight.value
+        assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restored, model)))
+
+
+def test_convert_refusals(seed, tmp_path, capsys):
+    dst = tmp_path / "seed.msgpack"
+    dst.write_bytes(b"precious")
+    assert main(["convert", str(seed), str(dst)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert dst.read_bytes() == b"precious"
+    assert main(["convert", str(seed), str(dst), "--overwrite"]) == 0
+
+    damaged = corrupt(seed, tmp_path / "damaged.safetensors")
+    assert main(["convert", str(damaged), str(tmp_path / "copy.msgpack")]) == 1
+    assert "damaged, not converted" in capsys.readouterr().err
+    assert not (tmp_path / "copy.msgpack").exists()
+
+    assert main(["convert", str(seed), str(tmp_path / "no" / "dir.msgpack")]) == 2
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_terminal(seed, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["convert", str(seed), str(tmp_path / "seed.msgpack")]) == 0
+    drawn = sys.stderr.getvalue()
+    assert "verifying [" in drawn and "writing [" in drawn and "32.8 KiB / 32.8 KiB" in drawn
+    assert drawn.endswith("\r")  # the bar is erased before the report
+    assert capsys.readouterr().out.startswith("converted ")
+
+
+def test_progress_bar_throttles():
+    stream = io.StringIO()
+    bar = ProgressBar(stream, width=4, interval=3600)
+    for done in range(0, 101, 10):
+        bar("verify", done, 100)
+    frames = stream.getvalue().split("\r")[1:]
+    assert frames == ["verifying [....] 0 B / 100 B", "verifying [####] 100 B / 100 B"]
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 2**20, "5.0 MiB"), (2**40, "1.0 TiB")],
+)
+def test_human_size(n, text):
+    assert human_size(n) == text
+
+
+def test_as_a_process(seed, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "inox_io.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+
+    result = run("inspect", str(seed))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"'l1'\s+\.l1\s+aliases \.l2", result.stdout)
+    assert re.search(r"'l3\.weight'\s+\.l3\.weight\s+aliases \.l4\.weight", result.stdout)
+
+    result = run("verify", str(corrupt(seed, tmp_path / "damaged.safetensors")))
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_guide_commands_run(tmp_path, monkeypatch, capsys):
+    r"""The shell commands of docs/guide.md work on the files its Python blocks write."""
+
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__guide__"}
+    for block in re.findall(r"```python\n(.*?)```", guide, re.S):
+        exec(compile(block, "guide.md", "exec"), namespace)
+
+    commands = [
+        line
+        for block in re.findall(r"```(?:bash|console)\n(.*?)```", guide, re.S)
+        for line in block.splitlines()
+        if line.startswith("inox-io ")
+    ]
+    assert commands
+    for command in commands:
+        expected = 1 if "damaged" in command else 0  # the guide shows one failure on purpose
+        assert main(shlex.split(command)[1:]) == expected, command
