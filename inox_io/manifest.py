@@ -174,7 +174,8 @@ class Manifest:
             fail(f"nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             fail(f"format {FORMAT!r} expected")
-        if data.get("version") != VERSION:
+        # type() too: True == 1 and 1.0 == 1 in Python, yet neither is version 1.
+        if type(data.get("version")) is not int or data["version"] != VERSION:
             fail(f"unknown format version {data.get('version')!r}; this library reads version {VERSION}")
 
         arrays = {}

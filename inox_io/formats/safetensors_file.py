@@ -129,6 +129,8 @@ class SafetensorsReader(FileReader):
                 dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             except (TypeError, KeyError, ValueError):
                 self.fail("malformed header entry (dtype, shape and data_offsets expected)", key=key)
+            if not isinstance(dtype, str) or not isinstance(shape, list):
+                self.fail("malformed header entry (a dtype string and a shape list expected)", key=key)
             if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
                 self.fail("shape and offsets must be non-negative integers", key=key)
             stored[key] = (dtype, shape, start + begin, start + end)
