@@ -99,13 +99,18 @@ def is_node(x: Any) -> bool:
 class Static(metaclass=PyTreeMeta):
     r"""Hashable, leafless wrapper: its value lives in the tree definition.
 
-    Values that cannot be hashed compare by identity.
+    Two wrappers are equal when their values are equal and of the same type, so that
+    :func:`jax.jit` does not retrace for equal hyper-parameters. Values that cannot be
+    hashed (lists) hash by their type alone; values whose equality is not a boolean
+    (arrays) compare by identity.
 
     Example:
         >>> jax.tree.leaves([Static('relu'), jnp.ones(2)])
         [Array([1., 1.], dtype=float32)]
-        >>> Static('relu') == Static('relu')
-        True
+        >>> Static('relu') == Static('relu'), Static(1) == Static(1.0)
+        (True, False)
+        >>> Static([1, 2]) == Static([1, 2]), hash(Static([1, 2])) == hash(Static([3]))
+        (True, True)
     """
 
     __slots__ = ("value",)
@@ -142,11 +147,10 @@ class Static(metaclass=PyTreeMeta):
     def tree_unflatten(cls, value: Any, children: Sequence) -> Static:
         return cls(value)
 
-    def __getstate__(self):
-        return self.value
-
-    def __setstate__(self, value):
-        self.value = value
+    def __reduce__(self):
+        # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
+        # which would leave Static(None) without a value.
+        return type(self), (self.value,)
 
 
 def _wrap_static(is_static: Callable[[Any], bool]) -> Callable[[Any], Any]:
@@ -400,8 +404,18 @@ def _raw_children(node: Any) -> List[Tuple[Any, Any]] | None:
     if hasattr(type(node), "tree_children"):
         return node.tree_children()
 
-    children = jtu.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
-    if len(children) == 1 and children[0][0] == () and children[0][1] is node:
+    # Only the node itself is entered: everything below it is a leaf. Testing
+    # `x is not node` instead would enter a node that contains itself forever.
+    entered = []
+
+    def is_leaf(x: Any) -> bool:
+        if entered:
+            return True
+        entered.append(x)
+        return False
+
+    children = jtu.tree_flatten_with_path(node, is_leaf=is_leaf)[0]
+    if len(children) == 1 and children[0][0] == ():
         return None
     return [(path[0], child) for path, child in children]
 
@@ -471,17 +485,44 @@ def _array_repr(x: Any, typeonly: bool) -> str:
 
 
 class _Printer:
+    r"""Recursive pretty printer behind :func:`prepr`.
+
+    Nodes may define :py:`__prepr__(self, printer, indent)`, which calls
+    :py:`printer(child, column)` with the column at which the child starts.
+    """
+
     def __init__(self, linewidth: int, typeonly: bool):
         self.linewidth = linewidth
         self.typeonly = typeonly
         self.ancestors: set = set()
-        self.scopes: List[set] = []
+        # The indentation of the line being written, and the number of characters
+        # that will follow the current node on its line (a comma): the column alone
+        # does not tell where the lines of a broken block start, nor whether a
+        # one-line form really fits.
+        self.line = 0
+        self.trailing = 0
+
+    def items(self, pairs: List[Tuple[str, Any]], last: int = 0) -> List[str]:
+        r"""Renders ``prefix + child`` items as they would be laid out in a broken
+        block, one per line, two spaces deeper than the current line, each followed by
+        a comma but the last, followed by :py:`last` characters."""
+
+        line, trailing = self.line, self.trailing
+        self.line = line + 2
+        try:
+            items = []
+            for i, (prefix, child) in enumerate(pairs):
+                self.trailing = 1 if i + 1 < len(pairs) else last
+                items.append(prefix + self(child, self.line + len(prefix)))
+            return items
+        finally:
+            self.line, self.trailing = line, trailing
 
     def block(self, opener: str, items: List[str], closer: str, indent: int) -> str:
         if not items:
             return opener + closer
         line = opener + ", ".join(items) + closer
-        if "\n" not in line and indent + len(line) <= self.linewidth:
+        if "\n" not in line and indent + len(line) + self.trailing <= self.linewidth:
             return line
         body = ",\n".join("  " + item.replace("\n", "\n  ") for item in items)
         return f"{opener}\n{body}\n{closer}"
@@ -520,26 +561,26 @@ class _Printer:
         return f"{type(x).__name__}(...)"
 
     def container(self, x: Any, indent: int) -> str:
-        inner = indent + 2
         if isinstance(x, Partial):
-            items = [self(x.func, inner)]
-            items += [self(a, inner) for a in x.args]
-            items += [f"{k}={self(v, inner)}" for k, v in x.keywords.items()]
-            return self.block("Partial(", items, ")", indent)
+            pairs = [("", x.func)] + [("", a) for a in x.args]
+            pairs += [(f"{k}=", v) for k, v in x.keywords.items()]
+            return self.block("Partial(", self.items(pairs), ")", indent)
         if isinstance(x, Namespace):
-            items = [f"{k}={self(v, inner)}" for k, v in sorted(vars(x).items())]
-            return self.block(f"{type(x).__name__}(", items, ")", indent)
+            pairs = [(f"{k}=", v) for k, v in sorted(vars(x).items())]
+            return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
         if isinstance(x, dict):
-            items = [f"{k!r}: {self(v, inner)}" for k, v in x.items()]
-            return self.block("{", items, "}", indent)
+            pairs = [(f"{k!r}: ", v) for k, v in x.items()]
+            return self.block("{", self.items(pairs), "}", indent)
         if isinstance(x, list):
-            return self.block("[", [self(v, inner) for v in x], "]", indent)
+            return self.block("[", self.items([("", v) for v in x]), "]", indent)
         if hasattr(x, "_fields"):  # namedtuple
-            items = [f"{k}={self(v, inner)}" for k, v in zip(x._fields, x)]
-            return self.block(f"{type(x).__name__}(", items, ")", indent)
+            pairs = [(f"{k}=", v) for k, v in zip(x._fields, x)]
+            return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
         if len(x) == 1:
-            return f"({self(x[0], inner)},)"
-        return self.block("(", [self(v, inner) for v in x], ")", indent)
+            # The comma of a 1-tuple sticks to its element, broken or not.
+            (item,) = self.items([("", x[0])], last=1)
+            return self.block("(", [item + ","], ")", indent)
+        return self.block("(", self.items([("", v) for v in x]), ")", indent)
 
 
 def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True) -> str:

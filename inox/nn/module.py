@@ -196,7 +196,8 @@ class Parameter(metaclass=PyTreeMeta):
         return prepr(self)
 
     def __prepr__(self, printer, indent: int) -> str:
-        return f"{type(self).__name__}({printer(self.value, indent + 2)})"
+        name = type(self).__name__
+        return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
     def tree_flatten(self):
         return (self.value,), None

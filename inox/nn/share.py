@@ -96,9 +96,12 @@ class Scope(Module):
 
         def prune(tree: Any, prefix: KeyPath) -> Any:
             def visit(path: KeyPath, x: Any) -> Any:
+                path = prefix + path
+                if x is self:
+                    # Left as a leaf, JAX would flatten this scope inside itself forever.
+                    raise ValueError(f"the scope contains itself at {jtu.keystr(path)}")
                 if not isinstance(x, Reference):
                     return x  # a nested scope handles its own references
-                path = prefix + path
                 if x.pruned:
                     raise ValueError(f"pruned reference {x.tag!r} at {jtu.keystr(path)} outside of its scope")
                 if x.obj is self:
@@ -246,7 +249,7 @@ class Reference(metaclass=PyTreeMeta):
     def __prepr__(self, printer, indent: int) -> str:
         if self.pruned:
             return f"*<pruned {self.tag!r}>"
-        return "*" + printer(self.obj, indent)
+        return "*" + printer(self.obj, indent + 1)
 
     def tree_children(self) -> List[Tuple[Any, Any]]:
         return [] if self.pruned else [(jtu.GetAttrKey("value"), self.obj)]
