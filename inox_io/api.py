@@ -201,7 +201,7 @@ def load(
         stored_of = manifest.positions()
 
         problems = _check_ties(manifest, like)
-        missing, owners = [], {}
+        missing, owners, mismatched = [], {}, set()
         for position, leaf in positions.items():
             stored = stored_of.get(position)
             if stored is None:
@@ -211,6 +211,7 @@ def load(
             dtype, shape = _leaf_description(leaf)
             if (dtype, shape) != (info.dtype, info.shape):
                 problems.append(f"{position}: {dtype}{list(shape)} expected, {_describe(info)} found")
+                mismatched.add(stored)
                 continue
             owners.setdefault(stored, []).append(position)
 
@@ -221,7 +222,8 @@ def load(
         like_leaves = {p: positions[ps[0]] for ps in owners.values() for p in ps}
 
         problems += [f"{p}: missing from the file" for p in missing]
-        unexpected = [key for key in manifest.arrays if key not in owners]
+        # A mismatched array is reported once, as such, not also as unexpected.
+        unexpected = [key for key in manifest.arrays if key not in owners and key not in mismatched]
         if strict:
             problems += [f"{k}: in the file but not in like" for k in unexpected]
             if problems:
