@@ -49,7 +49,6 @@ from __future__ import annotations
 __all__ = ["main", "human_size", "ProgressBar"]
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -300,10 +299,12 @@ def run_verify(args: argparse.Namespace) -> int:
             bar.close()
     unchecked = sum(info.crc32 is None for info in manifest.arrays.values())
     summary = f"OK: {plural(len(manifest.arrays), 'array')}, {human_size(manifest.nbytes)}, "
-    if unchecked:
-        summary += f"{plural(unchecked, 'array')} without checksum (not verified), the others match"
-    else:
+    if not unchecked:
         summary += "every checksum matches"
+    elif unchecked == len(manifest.arrays):
+        summary += "no checksums: nothing verified"  # e.g. a file written by another tool
+    else:
+        summary += f"{plural(unchecked, 'array')} without checksum (not verified), the others match"
     print(summary)
     return OK
 
