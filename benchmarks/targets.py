@@ -1,0 +1,115 @@
+r"""The performance targets of inox_io, checked against one run's results.
+
+Timing targets apply to inox_io's single-file formats (safetensors, msgpack). The
+directory format stores its arrays through orbax, for arrays that span processes, and
+so inherits orbax's costs: it is shown, not held to these targets.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Check", "check", "median"]
+
+import dataclasses
+import statistics
+
+from typing import Any, Dict, List
+
+MB = 10**6
+
+
+@dataclasses.dataclass
+class Check:
+    r"""One target: what was measured, against what limit, and whether it holds."""
+
+    case: str
+    what: str
+    value: float
+    limit: float
+    unit: str = "x"
+    at_least: bool = False  #: whether the value must reach the limit rather than stay under
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        sign = ">=" if self.at_least else "<="
+        digits = 2 if self.unit == "x" else 0
+        return (
+            f"{verdict}  ({self.case}) {self.what}: {self.value:.{digits}f}{self.unit} "
+            f"(target {sign} {self.limit:.{digits}f}{self.unit})"
+        )
+
+
+def median(values: List[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _time(results: Dict[str, Any], case: str, method: str, op: str) -> float | None:
+    return median(results.get(case, {}).get("methods", {}).get(method, {}).get(op))
+
+
+def _single_file(methods: Dict[str, Any]) -> List[str]:
+    return [m for m in methods if m in ("inox_io-safetensors", "inox_io-msgpack")]
+
+
+def _ratio_check(out: List[Check], case: str, what: str, value: float | None, base: float | None, limit: float) -> None:
+    if value is not None and base:
+        out.append(Check(case, what, value / base, limit))
+
+
+def _speedup_check(out: List[Check], case: str, what: str, value: float | None, other: float | None, limit: float) -> None:
+    if value and other is not None:
+        out.append(Check(case, what, other / value, limit, at_least=True))
+
+
+def _memory_checks(out: List[Check], case: str, result: Dict[str, Any], methods: List[str]) -> None:
+    for method in methods:
+        for op in ("save", "load"):
+            mem = result.get("memory", {}).get(method, {}).get(op)
+            if not mem:
+                continue
+            used = mem["peak"] - mem["idle"]
+            limit = 1.1 * mem["model_bytes"] + 100 * MB
+            out.append(Check(case, f"{method} {op}: peak memory above idle", used / MB, limit / MB, " MB"))
+
+
+def check(results: Dict[str, Any]) -> List[Check]:
+    r"""Every target that the results allow checking."""
+
+    out: List[Check] = []
+    for case in ("a", "b", "c"):
+        if case not in results:
+            continue
+        methods = results[case]["methods"]
+        for m in _single_file(methods):
+            for op in ("save", "load"):
+                value = _time(results, case, m, op)
+                raw = _time(results, case, "raw", op)
+                if case == "a":
+                    _ratio_check(out, case, f"{m} {op} / raw {op}", value, raw, 1.15)
+                    st = _time(results, case, "safetensors", op)
+                    _ratio_check(out, case, f"{m} {op} / safetensors {op}", value, st, 1.1)
+                if case == "b":
+                    _speedup_check(out, case, f"orbax {op} / {m} {op}", value, _time(results, case, "orbax", op), 20)
+                    _ratio_check(out, case, f"{m} {op} / raw {op}", value, raw, 1.5)
+        if case == "c":
+            unique = results[case]["unique_bytes"]
+            for m in [m for m in methods if m.startswith("inox_io-")]:
+                disk = methods[m].get("disk")
+                if disk:
+                    out.append(Check(case, f"{m} bytes on disk / unique bytes", disk / unique, 1.01))
+            for m in ("orbax", "safetensors", "npy-leaves"):
+                disk = methods.get(m, {}).get("disk")
+                if disk:  # informative: these write the tie twice
+                    what = f"{m} (writes the tie twice) bytes on disk / unique bytes"
+                    out.append(Check(case, what, disk / unique, 1.25, at_least=True))
+        _memory_checks(out, case, results[case], _single_file(methods))
+
+    if "d" in results:
+        d = results["d"]
+        blocked, sync = median(d.get("blocked")), median(d.get("sync"))
+        if blocked is not None and sync:
+            out.append(Check("d", "async save: caller blocked / sync save", blocked / sync, 0.10))
+    return out

@@ -1,0 +1,211 @@
+r"""The measuring processes that :mod:`benchmarks.run` starts, one per measurement kind.
+
+Each prints one line ``RESULT <json>`` at the end. Timings interleave the methods
+within each repetition (rep 1 of every method, then rep 2, ...), so that a slow phase
+of this shared machine hurts them all alike rather than one.
+
+.. code-block:: bash
+
+    python -m benchmarks.worker time --case a --size quick --dir /tmp/x
+    python -m benchmarks.worker memory --case a --size quick --dir /tmp/x --method raw --op save
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import sys
+import time
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+from . import system
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - start
+    del out  # freed outside the timing
+    gc.collect()
+    return elapsed
+
+
+def _selected(spec: str) -> List[str]:
+    from .methods import all_names
+
+    names = all_names()
+    if spec == "all":
+        return names
+    wanted = spec.split(",")
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {names}")
+    return wanted
+
+
+def time_case(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""Save and load times of every method on one case's data, and disk bytes."""
+
+    from .cases import build
+    from .methods import methods
+
+    data, like = build(args.case, args.size), build(args.case, args.size, concrete=False)
+    chosen = methods(_selected(args.methods))
+    paths = {m.name: args.dir / f"{m.name}{m.suffix}" for m in chosen}
+    out: Dict[str, Any] = {m.name: {"save": [], "load": []} for m in chosen}
+
+    for rep in range(args.warmup + args.reps):
+        for m in chosen:
+            _remove(paths[m.name])
+            system.sync()  # the previous save's deletion is not this save's cost
+            elapsed = _timed(lambda: m.save(paths[m.name], data))
+            if rep >= args.warmup:
+                out[m.name]["save"].append(elapsed)
+    for m in chosen:
+        out[m.name]["disk"] = system.disk_bytes(paths[m.name])
+    unique, flat = data.nbytes, data.flat_nbytes
+    del data
+    gc.collect()
+
+    for rep in range(args.warmup + args.reps):
+        for m in chosen:
+            if args.cold:
+                system.drop_caches()
+            elapsed = _timed(lambda: m.load(paths[m.name], like))
+            if rep >= args.warmup:
+                out[m.name]["load"].append(elapsed)
+    return {"methods": out, "unique_bytes": unique, "flat_bytes": flat}
+
+
+def time_sharded(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""Load times onto shardings over every (forced host) device."""
+
+    import jax
+    import numpy as np
+
+    from .cases import build
+    from .methods import methods, sharding_for
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("x",))
+    choose = sharding_for(mesh)
+    like = build(args.case, args.size, concrete=False)
+    chosen = [m for m in methods(_selected(args.methods)) if m.sharded]
+    out: Dict[str, Any] = {m.name: {"load_sharded": []} for m in chosen}
+    for rep in range(args.warmup + args.reps):
+        for m in chosen:
+            if args.cold:
+                system.drop_caches()
+            path = args.dir / f"{m.name}{m.suffix}"
+            elapsed = _timed(lambda: m.load(path, like, choose))
+            if rep >= args.warmup:
+                out[m.name]["load_sharded"].append(elapsed)
+    return {"methods": out, "devices": len(jax.devices())}
+
+
+def memory(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""The peak resident memory of one save or one load, above an idle process that
+    imported JAX and the method's library."""
+
+    import jax
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # the backend started
+    idle_jax = system.current_rss()
+
+    from .cases import build
+    from .methods import methods
+
+    (m,) = methods([args.method])
+    if "orbax" in m.name:
+        import orbax.checkpoint  # noqa: F401  (a fixed cost, not the operation's)
+    path = args.dir / f"{m.name}{m.suffix}"
+    gc.collect()
+    idle = system.current_rss()
+
+    if args.op == "save":
+        data = build(args.case, args.size)
+        model = data.nbytes
+        path = args.dir / f"memory-{m.name}{m.suffix}"
+        _remove(path)
+        system.reset_peak()
+        m.save(path, data)
+        peak = system.peak_rss()
+        _remove(path)
+    else:
+        like = build(args.case, args.size, concrete=False)
+        model = like.nbytes
+        system.drop_caches()
+        system.reset_peak()
+        arrays = m.load(path, like)
+        peak = system.peak_rss()
+        del arrays
+    return {"idle_jax": idle_jax, "idle": idle, "peak": peak, "model_bytes": model}
+
+
+def async_save(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""Case d: how long an asynchronous save blocks its caller, against the full save
+    and against a synchronous save, of case a's data."""
+
+    import inox_io
+
+    from .cases import build
+
+    data = build("a", args.size)
+    how = "inox_io.CheckpointManager(async_save=True)"
+    out: Dict[str, Any] = {"sync": [], "blocked": [], "total": [], "how": how}
+
+    for rep in range(args.warmup + args.reps):
+        for mode in ("sync", "async"):
+            folder = args.dir / f"manager-{mode}"
+            _remove(folder)
+            system.sync()
+            with inox_io.CheckpointManager(folder, async_save=mode == "async") as manager:
+                start = time.perf_counter()
+                manager.save(1, {"model": data.tree})
+                blocked = time.perf_counter() - start
+                manager.wait_until_finished()
+                total = time.perf_counter() - start
+            _remove(folder)
+            if rep < args.warmup:
+                continue
+            if mode == "sync":
+                out["sync"].append(total)
+            else:
+                out["blocked"].append(blocked)
+                out["total"].append(total)
+    return out
+
+
+KINDS = {"time": time_case, "sharded": time_sharded, "memory": memory, "async": async_save}
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
+    parser.add_argument("kind", choices=sorted(KINDS))
+    parser.add_argument("--case", default="a")
+    parser.add_argument("--size", default="quick")
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--method")
+    parser.add_argument("--op", choices=["save", "load"])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cold", action="store_true", help="empty the page cache before each load")
+    args = parser.parse_args(argv)
+    result = KINDS[args.kind](args)
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
