@@ -4,23 +4,53 @@ A file is written under a temporary name beside its target, flushed and fsynced,
 committed by a rename (or a hard link, when the target must not be overwritten), then
 the directory is fsynced. A crash at any moment leaves the old file or the new one
 under the target name, never a partial one. Temporary names start with
-:data:`TEMP_PREFIX` and are never mistaken for checkpoints.
+:data:`TEMP_PREFIX` and are never mistaken for checkpoints; those of a killed save
+are removed by the next save of the same target (:func:`remove_stale_temporaries`).
 
-Every system call of a save goes through this module, which is where the reliability
-tests inject faults.
+Every system call of a save goes through :data:`syscalls`, which is where the
+reliability tests inject faults. A failed save raises an :class:`OSError` naming the
+target and saying whether the old file is untouched (the failure came before the
+commit) or the new one is in place (only the final directory fsync failed).
 """
 
 from __future__ import annotations
 
-__all__ = ["TEMP_PREFIX", "AtomicFile", "fsync_directory", "is_temporary", "remove_temporaries"]
+__all__ = [
+    "TEMP_PREFIX",
+    "AtomicFile",
+    "fsync_directory",
+    "is_temporary",
+    "remove_temporaries",
+    "remove_stale_temporaries",
+    "syscalls",
+]
 
 import os
 import secrets
 import shutil
+import types
 
 from pathlib import Path
 
 TEMP_PREFIX = ".inox_io-tmp-"
+
+#: The system calls of a save. They are looked up here at each call, not bound to
+#: :mod:`os`, so that tests can inject faults (a full disk, I/O errors) into every step
+#: of a save without patching :mod:`os` for the whole process.
+syscalls = types.SimpleNamespace(
+    open=os.open,
+    write=os.write,
+    pwrite=os.pwrite,
+    fsync=os.fsync,
+    close=os.close,
+    replace=os.replace,
+    link=os.link,
+    unlink=os.unlink,
+)
+
+#: Names of the temporaries this process is writing right now (threads included), which
+#: :func:`remove_stale_temporaries` must not touch although their pid is alive.
+_ACTIVE: set[str] = set()
 
 
 def is_temporary(path: str | os.PathLike) -> bool:
@@ -49,14 +79,64 @@ def remove_temporaries(directory: str | os.PathLike, name: str | None = None) ->
     return removed
 
 
+def _owner(rest: str) -> int | None:
+    r"""The pid in ``<pid>.<8 hex digits>``, the end of a temporary's name, else None."""
+
+    pid, _, token = rest.partition(".")
+    if not (pid.isdigit() and len(token) == 8 and all(c in "0123456789abcdef" for c in token)):
+        return None
+    return int(pid) if 0 < int(pid) < 2**31 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. EPERM: it exists, under another user
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    r"""Removes the temporary files that killed saves of :py:`target` left beside it,
+    and returns them.
+
+    A temporary is stale when the process named in it is dead, or is this process but
+    no save of it is writing the temporary. Those of live processes are kept: they may
+    be saving right now. (On a file system shared between machines, a pid says nothing
+    about the other machines' processes; saving one path from several machines at once
+    is not supported anyway.) Errors are ignored: cleaning is best effort and must not
+    fail the save that does it.
+    """
+
+    target = Path(target)
+    prefix = f"{TEMP_PREFIX}{target.name}."
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        pid = _owner(name[len(prefix) :]) if name.startswith(prefix) else None
+        if pid is None or name in _ACTIVE or (pid != os.getpid() and _alive(pid)):
+            continue
+        try:
+            syscalls.unlink(target.parent / name)  # a directory (not ours) raises: kept
+        except OSError:
+            continue
+        removed.append(target.parent / name)
+    return removed
+
+
 def fsync_directory(path: str | os.PathLike) -> None:
     r"""Makes the entries of a directory (a rename, a new file) durable."""
 
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fd = syscalls.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fsync(fd)
+        syscalls.fsync(fd)
     finally:
-        os.close(fd)
+        syscalls.close(fd)
 
 
 def write_all(fd: int, data) -> None:
@@ -64,14 +144,14 @@ def write_all(fd: int, data) -> None:
 
     view = memoryview(data).cast("B")
     while view:
-        written = os.write(fd, view)
+        written = syscalls.write(fd, view)
         view = view[written:]
 
 
 def pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = syscalls.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
@@ -104,40 +184,84 @@ class AtomicFile:
         self.overwrite = overwrite
         self.temp = temporary_path(self.target)
         self.fd = -1
+        self.committed = False  #: Whether the target now holds the new file.
 
     def __enter__(self) -> AtomicFile:
         if not self.overwrite and self.target.exists():
             raise FileExistsError(f"{self.target} already exists; pass overwrite=True to replace it")
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Here, and not in some later open: the saver that crashed is gone for good.
+        remove_stale_temporaries(self.target)
+        _ACTIVE.add(self.temp.name)  # before the file exists, so no cleaner ever sees it unlisted
+        try:
+            self.fd = syscalls.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as error:
+            _ACTIVE.discard(self.temp.name)
+            raise self.explain(error) from error
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        committed = False
+        error = None
         try:
             if kind is None:
-                os.fsync(self.fd)
+                syscalls.fsync(self.fd)
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            syscalls.close(fd)
             if kind is None:
                 self.commit()
-                committed = True
+        except OSError as e:
+            error = e
         finally:
-            if self.fd >= 0:
-                try:
-                    os.close(self.fd)
-                except OSError:
-                    pass
-            if not committed:
-                self.temp.unlink(missing_ok=True)
+            self.discard()
+
+        # The first failure is the one to report (a failed close after a failed write
+        # says nothing new), with the file and what became of it.
+        failure = value if kind is not None else error
+        if isinstance(failure, OSError) and not isinstance(failure, FileExistsError):
+            raise self.explain(failure) from failure
+        if kind is None and error is not None:
+            raise error
+
+    def explain(self, error: OSError) -> OSError:
+        r"""The error of a failed save: same errno (so same :class:`OSError` subclass),
+        naming the target and saying what it holds now."""
+
+        if self.committed:
+            state = "the new file is in place, but may not survive a power loss"
+        else:
+            state = "not saved; the file there, if any, is untouched"
+        reason = error.strerror or str(error)
+        return OSError(error.errno, f"{reason} ({state})", os.fspath(self.target))
+
+    def discard(self) -> None:
+        r"""Closes and removes the temporary, whatever happened; never raises, so that
+        the error that brought us here is the one reported."""
+
+        if self.fd >= 0:
+            try:
+                syscalls.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        try:
+            syscalls.unlink(self.temp)
+        except FileNotFoundError:
+            pass  # renamed into place, or never created
+        except OSError:
+            pass  # left for the next save of this target (remove_stale_temporaries)
+        _ACTIVE.discard(self.temp.name)
 
     def commit(self) -> None:
         if self.overwrite:
-            os.replace(self.temp, self.target)
+            syscalls.replace(self.temp, self.target)
+            self.committed = True
         else:
             # A hard link fails if the target appeared meanwhile: no check-then-act race.
             try:
-                os.link(self.temp, self.target)
+                syscalls.link(self.temp, self.target)
             except FileExistsError:
                 raise FileExistsError(f"{self.target} already exists; pass overwrite=True to replace it") from None
-            os.unlink(self.temp)
+            self.committed = True
+            # The temporary is now a second name of the checkpoint: removing it is cleanup,
+            # and a failure must not report a save that succeeded as failed.
+            self.discard()
         fsync_directory(self.target.parent)
