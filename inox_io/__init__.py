@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from .api import abstract, convert, inspect, load, save, verify
 from .errors import CheckpointError
+from .manager import CheckpointManager
 from .manifest import ArrayInfo, Manifest, TieInfo
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "convert",
     "abstract",
     "CheckpointError",
+    "CheckpointManager",
     "Manifest",
     "ArrayInfo",
     "TieInfo",
