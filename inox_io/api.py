@@ -38,9 +38,11 @@ def save(
 ) -> Manifest:
     r"""Saves a tree, each shared array once, with its manifest.
 
-    The format follows the path: ``*.safetensors``, ``*.msgpack``. The file is written
-    atomically: a crash leaves the previous file or the new one, never a partial file.
-    The caller's tree is not modified.
+    The format follows the path: ``*.safetensors``, ``*.msgpack``, or a directory (a
+    path without suffix: the arrays as an orbax checkpoint, each process writing its own
+    shards; see ``docs/format.md``). The checkpoint is written atomically: a crash
+    leaves the previous one or the new one, never a partial one. The caller's tree is
+    not modified.
 
     Arguments:
         path: The checkpoint's path.
@@ -96,6 +98,7 @@ def _resolve_shardings(
     r"""The sharding of every stored key, from :py:`shardings` or from the ``like``
     leaves; all positions of one stored key must agree."""
 
+    fallback: Callable[[Any], jax.sharding.Sharding | None] = lambda leaf: None
     if shardings is None:
         def choose(position: str, leaf: Any):
             return _target_sharding(leaf)
@@ -107,8 +110,12 @@ def _resolve_shardings(
     else:
         keyed = _keyed_shardings(shardings)
 
+        # A tied Scope prunes its aliases from the shardings tree too: a missing
+        # position has no opinion; like's sharding serves when no position has one.
         def choose(position: str, leaf: Any):
-            return keyed.get(position, _target_sharding(leaf))
+            return keyed.get(position)
+
+        fallback = _target_sharding
 
     out = {}
     for stored, positions in owners.items():
@@ -122,7 +129,7 @@ def _resolve_shardings(
                     f"({first} and {sharding}); a tied array is placed once"
                 )
             first = first if first is not None else sharding
-        out[stored] = first
+        out[stored] = first if first is not None else fallback(leaf)
     return out
 
 

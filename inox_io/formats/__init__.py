@@ -11,9 +11,11 @@ from typing import List
 
 from .base import Format, Reader, Target
 from .msgpack_file import MsgpackFormat
+from .orbax_dir import OrbaxDirectoryFormat
 from .safetensors_file import SafetensorsFormat
 
-FORMATS: List[Format] = [SafetensorsFormat(), MsgpackFormat()]
+# The directory format comes last: a '.safetensors' or '.msgpack' suffix always wins.
+FORMATS: List[Format] = [SafetensorsFormat(), MsgpackFormat(), OrbaxDirectoryFormat()]
 
 
 def register(fmt: Format) -> None:

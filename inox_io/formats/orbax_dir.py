@@ -1,0 +1,400 @@
+r"""The directory format: the arrays as an orbax checkpoint, beside the manifest.
+
+.. code-block:: text
+
+    <directory>/
+        manifest.json   the v1 manifest (written last: without it, a save is unfinished)
+        arrays/         an orbax (StandardCheckpointer) checkpoint of {name: array}
+
+Each stored key is one entry of a flat orbax dictionary, named by :func:`orbax_name`
+(the key itself, for keys of printable ASCII without ``/``, ``\`` or ``%``), so plain
+orbax reads the arrays back without inox_io. Every process writes and reads only its
+own shards; nothing is gathered. The layout is specified in ``docs/format.md``
+(section "Directory (orbax) format").
+
+Example:
+    >>> import os, tempfile
+    >>> import orbax.checkpoint as ocp
+    >>> path = tempfile.mkdtemp() + '/ckpt'
+    >>> _ = inox_io.save(path, {'w': jnp.arange(3.0)})
+    >>> sorted(os.listdir(path))
+    ['arrays', 'manifest.json']
+    >>> ocp.StandardCheckpointer().restore(path + '/arrays')
+    {"['w']": Array([0., 1., 2.], dtype=float32)}
+"""
+
+from __future__ import annotations
+
+__all__ = ["OrbaxDirectoryFormat", "OrbaxReader", "orbax_name"]
+
+import ctypes
+import errno
+import jax
+import math
+import numpy as np
+import os
+import secrets
+import shutil
+
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping
+
+from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
+from ..errors import CheckpointError
+from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
+from .base import Format, Reader, Target, place
+
+MANIFEST = "manifest.json"
+ARRAYS = "arrays"
+
+#: Dtypes that tensorstore cannot store, and how they are stored instead (as uint8):
+#: integers by value, floating types by bits.
+WIDENED = {
+    "uint2": "value",
+    "uint4": "value",
+    "float8_e4m3": "bits",
+    "float6_e2m3fn": "bits",
+    "float6_e3m2fn": "bits",
+}
+
+#: Shardings that also fit key data (one more trailing dimension than the keys).
+KEY_DATA_SHARDINGS = (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)
+
+_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - set("/\\%")
+
+
+def orbax_name(key: str) -> str:
+    r"""The name of a stored key in the orbax checkpoint: the key, with the characters
+    that could act as path separators (and the escape itself) percent-encoded.
+
+    Example:
+        >>> orbax_name(".l1.value.weight.value"), orbax_name("['a/b']")
+        ('.l1.value.weight.value', "['a%2Fb']")
+    """
+
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in key)
+
+
+def orbax_dtype(info: ArrayInfo) -> np.dtype:
+    r"""The dtype of an array as orbax stores it."""
+
+    return np.dtype(np.uint8) if info.dtype in WIDENED and not info.key_impl else info.storage_dtype
+
+
+def to_orbax(info: ArrayInfo, x: Any) -> Any:
+    r"""An array as orbax stores it (shards stay where they are)."""
+
+    if isinstance(x, np.generic):
+        x = np.asarray(x)
+    if info.key_impl:
+        return jax.random.key_data(x)
+    how = WIDENED.get(info.dtype)
+    if how is None:
+        return x
+    if isinstance(x, np.ndarray):
+        return x.astype(np.uint8) if how == "value" else x.view(np.uint8)
+    return x.astype(np.uint8) if how == "value" else jax.lax.bitcast_convert_type(x, np.uint8)
+
+
+def from_orbax(info: ArrayInfo, x: Any) -> Any:
+    r"""Inverse of :func:`to_orbax`, on the device (or host) where :py:`x` lies."""
+
+    how = WIDENED.get(info.dtype)
+    if info.key_impl or how is None:
+        return x
+    dtype = info.storage_dtype
+    if isinstance(x, np.ndarray):
+        return x.astype(dtype) if how == "value" else x.view(dtype)
+    return x.astype(dtype) if how == "value" else jax.lax.bitcast_convert_type(x, dtype)
+
+
+def empty(info: ArrayInfo) -> bool:
+    r"""Whether an array has no elements (and so is not stored in ``arrays/``)."""
+
+    return math.prod(info.storage_shape) == 0
+
+
+def default_sharding() -> jax.sharding.Sharding:
+    r"""This process's default device (never a device of another process or machine)."""
+
+    device = jax.config.jax_default_device
+    if not isinstance(device, jax.Device):
+        device = jax.local_devices(backend=device)[0]
+    return jax.sharding.SingleDeviceSharding(device)
+
+
+def host_only(info: ArrayInfo) -> bool:
+    r"""Whether JAX cannot hold the array exactly (64-bit data without ``jax_enable_x64``)."""
+
+    dtype = info.storage_dtype
+    return not info.key_impl and info.dtype not in WIDENED and jax.dtypes.canonicalize_dtype(dtype) != dtype
+
+
+class OrbaxDirectoryFormat(Format):
+    r"""Directories: existing ones, and paths without a suffix."""
+
+    name = "orbax"
+
+    def matches(self, path: Path) -> bool:
+        return path.is_dir() or path.suffix == ""
+
+    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+        import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
+
+        path = Path(path).absolute()
+        check_target(path, overwrite)  # on every process, before any collective: all fail alike
+        for info in manifest.arrays.values():
+            info.crc32 = None  # tensorstore keeps the data; a checksum would need every shard here
+
+        primary = jax.process_index() == 0
+        temp = shared_temporary_path(path)
+        error: BaseException | None = None
+        if primary:
+            try:
+                temp.mkdir()
+            except OSError as e:
+                error = e
+        settle(path, error)  # also the barrier: nobody writes before the directory exists
+
+        try:
+            # Orbax refuses empty arrays; the manifest alone describes them.
+            items = {
+                orbax_name(key): to_orbax(manifest.arrays[key], x)
+                for key, x in arrays.items()
+                if not empty(manifest.arrays[key])
+            }
+            if items:
+                checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+                try:
+                    # Collective: each process writes its own shards; orbax waits for all.
+                    checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items))
+                finally:
+                    checkpointer.close()
+            if primary:
+                with AtomicFile(temp / MANIFEST) as f:
+                    write_all(f.fd, manifest.to_json().encode())
+                fsync_directory(temp)
+                commit(temp, path, overwrite)
+        except BaseException as e:
+            error = e
+        finally:
+            if primary and temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+        settle(path, error)
+
+    def open(self, path: Path) -> OrbaxReader:
+        return OrbaxReader(path)
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    r"""Refuses targets that cannot or must not be replaced."""
+
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such directory")
+    if not os.path.lexists(path) or (path.is_dir() and not any(path.iterdir())):
+        return  # an empty directory holds nothing to lose (e.g. from tempfile.mkdtemp)
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not (path / MANIFEST).is_file():
+        # overwrite=True must never wipe a directory that is not a checkpoint
+        raise FileExistsError(
+            f"{path} exists and is not an inox_io checkpoint directory; refusing to replace it"
+        )
+
+
+def shared_temporary_path(path: Path) -> Path:
+    r"""A temporary name beside :py:`path`, the same on every process."""
+
+    if jax.process_count() == 1:
+        return temporary_path(path)
+    from jax.experimental import multihost_utils
+
+    pid, token = multihost_utils.broadcast_one_to_all(
+        np.array([os.getpid(), secrets.randbits(31)], dtype=np.int32)
+    )
+    return path.with_name(f"{TEMP_PREFIX}{path.name}.{int(pid)}.{int(token):08x}")
+
+
+def settle(path: Path, error: BaseException | None) -> None:
+    r"""Raises this process's error, or process 0's failure on every process, so that
+    no process reports success alone (and all reach this point: it is a barrier)."""
+
+    ok = error is None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = bool(multihost_utils.broadcast_one_to_all(np.array(ok, dtype=np.int32)))
+    if error is not None:
+        raise error
+    if not ok:
+        raise CheckpointError(path, "the save failed on process 0; nothing was written")
+
+
+def commit(temp: Path, path: Path, overwrite: bool) -> None:
+    r"""Moves the finished directory :py:`temp` to :py:`path`.
+
+    Replacing a checkpoint swaps both directories atomically where the system can
+    (``renameat2(RENAME_EXCHANGE)``); elsewhere, the old one is moved aside first, so
+    that for a moment neither sits at :py:`path` (both survive under temporary names).
+    """
+
+    if overwrite and os.path.lexists(path) and exchange(temp, path):
+        shutil.rmtree(temp, ignore_errors=True)  # temp now holds the old checkpoint
+    elif overwrite and os.path.lexists(path):
+        old = temporary_path(path)
+        os.rename(path, old)
+        os.rename(temp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            # Fails on a non-empty directory: a checkpoint appearing meanwhile is not lost.
+            os.rename(temp, path)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+            raise
+    fsync_directory(path.parent)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    r"""Swaps two paths atomically; returns whether the system could."""
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def reason(e: BaseException) -> str:
+    r"""What failed, in one line: orbax wraps tensorstore's error, which says it, in one
+    that dumps the whole tensorstore spec."""
+
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:500]
+
+
+class OrbaxReader(Reader):
+    r"""An open checkpoint directory; orbax is consulted only when arrays are read."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)")
+        file = self.path / MANIFEST
+        if not file.is_file():
+            raise CheckpointError(
+                self.path, f"no {MANIFEST}: not an inox_io checkpoint, or an unfinished save"
+            )
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise CheckpointError(self.path, f"{MANIFEST} exceeds the {MAX_MANIFEST_BYTES} bytes allowed")
+        self.manifest = Manifest.from_json(file.read_bytes(), source=str(self.path))
+        self._stored: Dict[str, Any] | None = None
+
+    @property
+    def arrays(self) -> Path:
+        return self.path.absolute() / ARRAYS
+
+    def stored(self) -> Dict[str, Any]:
+        r"""Orbax's metadata (shape, dtype) of each entry, by name."""
+
+        if self._stored is None:
+            import orbax.checkpoint as ocp
+
+            try:
+                self._stored = dict(ocp.PyTreeCheckpointHandler().metadata(self.arrays).tree)
+            except Exception as e:
+                raise CheckpointError(
+                    self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})"
+                ) from None
+        return self._stored
+
+    def check(self, key: str) -> None:
+        info, entry = self.manifest.arrays[key], self.stored().get(orbax_name(key))
+        if entry is None:
+            raise CheckpointError(self.path, f"listed in the manifest but not stored in {ARRAYS}/", key=key)
+        shape, dtype = tuple(entry.shape), np.dtype(entry.dtype)
+        if (shape, dtype) != (info.storage_shape, orbax_dtype(info)):
+            raise CheckpointError(
+                self.path,
+                f"{ARRAYS}/ holds {dtype.name}{list(shape)}, the manifest says "
+                f"{orbax_dtype(info).name}{list(info.storage_shape)}",
+                key=key,
+            )
+
+    def restore(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
+        r"""Restores the named entries only (partial restore)."""
+
+        import orbax.checkpoint as ocp
+
+        names = {orbax_name(k): k for k in items}
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                self.arrays,
+                args=ocp.args.PyTreeRestore(
+                    item={orbax_name(k): v for k, v in items.items()},
+                    restore_args={orbax_name(k): v for k, v in args.items()},
+                    partial_restore=True,
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})") from None
+        return {names[name]: x for name, x in restored.items()}
+
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+        import orbax.checkpoint as ocp
+
+        items, args, after, out = {}, {}, {}, {}
+        for key, target in targets.items():
+            info = self.manifest.arrays[key]
+            if empty(info):
+                out[key] = place(info, np.zeros(info.storage_shape, info.storage_dtype), target)
+                continue
+            self.check(key)
+            shape, dtype = info.storage_shape, orbax_dtype(info)
+            if host_only(info):
+                if target.sharding is not None:
+                    raise ValueError(f"{info.dtype} arrays need jax_enable_x64 to be placed on a sharding")
+                items[key] = jax.ShapeDtypeStruct(shape, dtype)
+                args[key] = ocp.RestoreArgs(restore_type=np.ndarray)
+                continue
+            sharding = target.sharding or default_sharding()
+            if info.key_impl and not isinstance(sharding, KEY_DATA_SHARDINGS):
+                # Key data has trailing dimensions, which only these shardings extend to.
+                after[key], sharding = sharding, default_sharding()
+            items[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            args[key] = ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
+
+        for key, x in (self.restore(items, args) if items else {}).items():
+            info = self.manifest.arrays[key]
+            if verify and (tuple(x.shape), np.dtype(x.dtype)) != (info.storage_shape, orbax_dtype(info)):
+                raise CheckpointError(self.path, f"read {x.dtype}{list(x.shape)} from {ARRAYS}/", key=key)
+            x = from_orbax(info, x)
+            if info.key_impl:
+                x = jax.random.wrap_key_data(x, impl=info.key_impl)
+            out[key] = jax.device_put(x, after[key]) if key in after else x
+        return out
+
+    def host(self, key: str) -> np.ndarray:
+        import orbax.checkpoint as ocp
+
+        info = self.manifest.arrays[key]
+        if empty(info):
+            return np.zeros(info.storage_shape, info.storage_dtype)
+        self.check(key)
+        item = {key: jax.ShapeDtypeStruct(info.storage_shape, orbax_dtype(info))}
+        x = self.restore(item, {key: ocp.RestoreArgs(restore_type=np.ndarray)})[key]
+        return from_orbax(info, np.asarray(x))
+
+    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
+        r"""Reads every array through orbax. Tensorstore's own checks catch missing,
+        truncated or undecodable data; with no checksums, a changed byte may pass."""
+
+        problems = []
+        for key in self.manifest.arrays if keys is None else keys:
+            try:
+                self.host(key)
+            except CheckpointError as e:
+                problems.append(f"{self.path}: {key}: {e.message}")
+        return problems
