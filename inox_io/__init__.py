@@ -17,6 +17,7 @@ from .api import abstract, convert, inspect, load, save, verify
 from .errors import CheckpointError
 from .manager import CheckpointManager
 from .manifest import ArrayInfo, Manifest, TieInfo
+from .names import TRANSPOSE, torch_names
 
 __all__ = [
     "save",
@@ -30,4 +31,6 @@ __all__ = [
     "Manifest",
     "ArrayInfo",
     "TieInfo",
+    "torch_names",
+    "TRANSPOSE",
 ]

@@ -21,6 +21,8 @@ from .errors import CheckpointError
 from .formats import format_for
 from .formats.base import Reader, Target
 from .manifest import ArrayInfo, Manifest, build, tree_arrays
+from .interop import load_named, name_arrays, save_named, write as write_named
+from .names import Keep, Names, Transforms
 
 PyTree = Any
 Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.Sharding | None] | None
@@ -35,6 +37,10 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    names: Names | None = None,
+    keep: Keep | None = None,
+    transforms: Transforms | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Manifest:
     r"""Saves a tree, each shared array once, with its manifest.
 
@@ -49,6 +55,15 @@ def save(
         tree: A tree of arrays (modules, dicts, lists, ...).
         metadata: User metadata, string to string.
         overwrite: Whether to replace an existing checkpoint.
+        names: Stores each array under :py:`names(key_path)` instead of its key path,
+            e.g. :func:`inox_io.torch_names`; a shared array is stored once, under the
+            name of one of its positions (see ``docs/interop.md``).
+        keep: Which name of a shared array is stored: preferred names, or a function
+            of the names returning one; by default, the preserved occurrence's.
+        transforms: :py:`{pattern_or_predicate: (to_file, from_file)}`, by stored name:
+            :py:`to_file` maps an array on its way to the file (:data:`inox_io.TRANSPOSE`).
+        max_shard_size: For ``*.safetensors.index.json`` (sharded) checkpoints, the
+            largest shard, in bytes or as ``"5GB"``.
 
     Returns:
         The manifest written.
@@ -64,6 +79,10 @@ def save(
         >>> list(manifest.arrays), manifest.metadata
         (["['w']"], {'step': '10'})
     """
+
+    if (names, keep, transforms, max_shard_size) != (None, None, None, None):
+        options = dict(names=names, keep=keep, transforms=transforms, max_shard_size=max_shard_size)
+        return save_named(path, tree, metadata=metadata, overwrite=overwrite, **options)
 
     path = Path(path)
     fmt = format_for(path)
@@ -165,6 +184,8 @@ def load(
     strict: bool = True,
     verify: bool = True,
     shardings: Shardings = None,
+    names: Names | None = None,
+    transforms: Transforms | None = None,
 ) -> PyTree:
     r"""Loads a checkpoint into the structure of :py:`like`.
 
@@ -182,6 +203,11 @@ def load(
         shardings: Where to place the arrays: one sharding for all, a tree of shardings
             shaped like :py:`like`, or a function :py:`(path, leaf) -> sharding`. By
             default, the sharding of each :py:`like` leaf, else the default device.
+        names: Looks each array up under :py:`names(key_path)` of any of its positions
+            (e.g. :func:`inox_io.torch_names`), in files written by other tools too; the
+            ties come from :py:`like` (see ``docs/interop.md``).
+        transforms: :py:`{pattern_or_predicate: (to_file, from_file)}`, by stored name:
+            :py:`from_file` maps a stored (NumPy) array on its way in.
 
     Raises:
         CheckpointError: if the file is damaged or does not fit :py:`like`, naming every
@@ -195,6 +221,10 @@ def load(
         >>> load(path, {'a': jax.ShapeDtypeStruct((3,), jnp.float32), 'act': 'gelu'})
         {'a': Array([0., 1., 2.], dtype=float32), 'act': 'gelu'}
     """
+
+    if names is not None or transforms is not None:
+        options = dict(strict=strict, verify=verify, shardings=shardings)
+        return load_named(path, like, names=names, transforms=transforms, **options)
 
     path = Path(path)
     fmt = format_for(path)
@@ -351,12 +381,15 @@ def convert(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    names: Names | None = None,
+    keep: Keep | None = None,
 ) -> Manifest:
     r"""Converts a checkpoint to another format, manifest (ties, metadata) kept.
 
     The source is verified first, so damage is never copied. :py:`progress`, if given,
     is called as :py:`progress(stage, done, total)` through the "verify" then the
-    "write" stage.
+    "write" stage. With :py:`names` (and :py:`keep`), the arrays are renamed as
+    :func:`save` does, e.g. for PyTorch (``inox-io convert --names torch``).
 
     Example:
         >>> import tempfile
@@ -376,9 +409,12 @@ def convert(
             raise CheckpointError(src, "\n  ".join(["damaged, not converted:"] + [p.split(": ", 1)[1] for p in problems]))
         manifest = reader.manifest
         arrays = {key: reader.host(key) for key in manifest.arrays}
+        extra: Dict[str, str] = {}
+        if names is not None or keep is not None:
+            manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
         if progress is not None:
             arrays = _Reporting(arrays, manifest, progress)
-        fmt.write(dst, manifest, arrays, overwrite=overwrite)
+        write_named(fmt, dst, manifest, arrays, extra, overwrite=overwrite)
         if progress is not None:
             progress("write", manifest.nbytes, manifest.nbytes)
     return manifest

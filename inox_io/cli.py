@@ -5,6 +5,7 @@ r"""The ``inox-io`` command: inspect, verify and convert checkpoints.
     inox-io inspect PATH [--json]         what a checkpoint holds, ties included
     inox-io verify PATH                   checks every array against its checksum
     inox-io convert SRC DST [--overwrite] rewrites a checkpoint in another format
+        [--names torch [--keep NAME]]     ... under PyTorch state-dict names
 
 A thin layer over :func:`inox_io.inspect`, :func:`inox_io.verify` and
 :func:`inox_io.convert`. Exit status: 0 on success, 1 for a damaged, unreadable or
@@ -58,6 +59,7 @@ from typing import Dict, List, Sequence, TextIO, Tuple
 
 from . import __version__
 from .api import convert, inspect, verify
+from .names import torch_names
 from .errors import CheckpointError
 from .formats import format_for
 from .manifest import ArrayInfo, Manifest
@@ -314,7 +316,8 @@ def run_convert(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.dst.parent}: no such directory")
     bar = progress_bar()
     try:
-        manifest = convert(args.src, args.dst, overwrite=args.overwrite, progress=bar)
+        names = {"torch": torch_names}.get(args.names)
+        manifest = convert(args.src, args.dst, overwrite=args.overwrite, progress=bar, names=names, keep=args.keep)
     except FileExistsError:
         print(f"inox-io: {args.dst} already exists; pass --overwrite to replace it", file=sys.stderr)
         return PROBLEM
@@ -324,7 +327,7 @@ def run_convert(args: argparse.Namespace) -> int:
     print(
         f"converted {args.src} ({format_for(args.src).name}) to {args.dst} ({format_for(args.dst).name}): "
         f"{plural(len(manifest.arrays), 'array')}, {human_size(manifest.nbytes)}, "
-        f"{plural(len(manifest.ties), 'tie')} kept"
+        + (f"{plural(len(manifest.aliases), 'shared name')} dropped" if args.names else f"{plural(len(manifest.ties), 'tie')} kept")
     )
     return OK
 
@@ -350,6 +353,8 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("src", type=Path, metavar="SRC")
     cmd.add_argument("dst", type=Path, metavar="DST")
     cmd.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    cmd.add_argument("--names", choices=["torch"], help="store under PyTorch state-dict names (docs/interop.md)")
+    cmd.add_argument("--keep", action="append", metavar="NAME", help="with --names: the name a shared array is stored under (repeatable)")
     cmd.set_defaults(run=run_convert, paths=["src", "dst"])
     return top
 

@@ -27,6 +27,7 @@ __all__ = [
     "decode_tag",
 ]
 
+import bisect
 import dataclasses
 import json
 import jax
@@ -54,6 +55,17 @@ KEY_IMPLS = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
 
 MAX_MANIFEST_BYTES = 256 * 2**20
 MAX_JSON_DEPTH = 64
+#: The most dimensions an array may have: NumPy 1.x's limit (2.x allows 64), so that a
+#: file reads under both.
+MAX_NDIM = 32
+#: The most bytes one array can describe: NumPy sizes are signed 64-bit integers.
+MAX_ARRAY_BYTES = 2**63 - 1
+#: The most positions (stored and aliased) a manifest may imply, per byte of its JSON,
+#: beyond :data:`MIN_POSITIONS`. Ties multiply: A aliases of a module of B arrays are
+#: A x B positions, so a small hostile file could otherwise demand gigabytes. Real
+#: trees imply about one position per 10 to 100 bytes.
+POSITIONS_PER_BYTE = 4
+MIN_POSITIONS = 2**16
 
 
 @dataclasses.dataclass
@@ -122,13 +134,20 @@ class Manifest:
 
         out = {key: key for key in self.arrays}
         out.update(self.aliases)
+        keys, order = sorted(self.arrays), {key: i for i, key in enumerate(self.arrays)}
         for tie in self.ties:
-            head = tie.path + ".value"
-            below = [k for k in self.arrays if k == head or (k.startswith(head) and k[len(head)] in ".[")]
+            below = sorted(_below(keys, tie.path + ".value"), key=order.__getitem__)
             for alias in tie.aliases:
                 for key in below:
                     out[alias + key[len(tie.path) :]] = key
         return out
+
+    def position_count(self) -> int:
+        r"""How many entries :meth:`positions` would have, at most, without building it."""
+
+        keys = sorted(self.arrays)
+        below = {path: len(_below(keys, path + ".value")) for path in {tie.path for tie in self.ties}}
+        return len(self.arrays) + len(self.aliases) + sum(len(t.aliases) * below[t.path] for t in self.ties)
 
     def saved_bytes(self) -> int:
         r"""The bytes that storing each shared array once saved."""
@@ -197,7 +216,7 @@ class Manifest:
 
         aliases = _expect(data, "aliases", dict, fail)
         for alias, key in aliases.items():
-            if key not in arrays:
+            if not isinstance(key, str) or key not in arrays:
                 fail(f"implicit alias of {key!r}, which is not stored", key=alias)
         metadata = _expect(data, "metadata", dict, fail)
         if not all(isinstance(v, str) for v in metadata.values()):
@@ -205,7 +224,30 @@ class Manifest:
         libraries = _expect(data, "libraries", dict, fail)
         statics = _expect(data, "statics", dict, fail)
 
-        return cls(arrays, ties, aliases, statics, metadata, libraries)
+        manifest = cls(arrays, ties, aliases, statics, metadata, libraries)
+        count, limit = manifest.position_count(), MIN_POSITIONS + POSITIONS_PER_BYTE * len(text)
+        if count > limit:
+            fail(f"its ties imply {count} positions, more than the {limit} allowed for its size")
+        return manifest
+
+
+def _below(keys: List[str], head: str) -> List[str]:
+    r"""The keys of the sorted :py:`keys` that are :py:`head` or lie under it (followed
+    by ``.`` or ``[``), found by bisection: a scan of every key for every tie would
+    take quadratic time.
+
+    Example:
+        >>> _below(sorted(['.a.value', '.a.value.w', '.a.value[0]', '.a.valuex', '.b']), '.a.value')
+        ['.a.value', '.a.value.w', '.a.value[0]']
+    """
+
+    out = keys[bisect.bisect_left(keys, head) : bisect.bisect_right(keys, head)]
+    for separator in ".[":
+        # The keys starting with head + separator sort between it and head + the next character.
+        begin = bisect.bisect_left(keys, head + separator)
+        end = bisect.bisect_left(keys, head + chr(ord(separator) + 1))
+        out += keys[begin:end]
+    return out
 
 
 def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
@@ -242,9 +284,10 @@ def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
     dtype, shape, nbytes = entry.get("dtype"), entry.get("shape"), entry.get("nbytes")
     crc, impl = entry.get("crc32"), entry.get("key_impl")
 
-    if impl is not None and impl not in KEY_IMPLS:
+    # isinstance first: a list or an object is unhashable, and "in" would raise TypeError.
+    if impl is not None and (not isinstance(impl, str) or impl not in KEY_IMPLS):
         fail(f"unknown PRNG key implementation {impl!r}", key=key)
-    if impl is None and dtype not in DTYPES:
+    if not isinstance(dtype, str) or (impl is None and dtype not in DTYPES):
         fail(f"unknown dtype {dtype!r}", key=key)
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         fail(f"shape {shape!r}: a list of non-negative integers expected", key=key)
@@ -252,10 +295,31 @@ def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
         fail(f"crc32 {crc!r}: 8 hexadecimal digits expected", key=key)
 
     info = ArrayInfo(dtype, tuple(shape), nbytes, crc, impl)
+    problem = shape_problem(info.storage_shape, info.storage_dtype.itemsize)
+    if problem:
+        fail(problem, key=key)
     expected = math.prod(info.storage_shape) * info.storage_dtype.itemsize
     if type(nbytes) is not int or nbytes != expected:
         fail(f"nbytes {nbytes!r} does not match dtype {dtype} and shape {tuple(shape)} ({expected})", key=key)
     return info
+
+
+def shape_problem(shape: Tuple[int, ...], itemsize: int) -> str | None:
+    r"""What makes an array of this shape impossible to create, or None.
+
+    Empty arrays count: NumPy refuses ``(0, 2**62, 2**62)``, which holds no byte, because
+    the product of its other dimensions overflows.
+
+    Example:
+        >>> shape_problem((0, 2**62, 2**62), 4)
+        'shape (0, 4611686018427387904, 4611686018427387904): larger than any array can be'
+    """
+
+    if len(shape) > MAX_NDIM:
+        return f"shape of {len(shape)} dimensions, more than the {MAX_NDIM} allowed"
+    if math.prod(d for d in shape if d) * itemsize > MAX_ARRAY_BYTES:
+        return f"shape {tuple(shape)}: larger than any array can be"
+    return None
 
 
 def encode_tag(tag: Hashable) -> Any:

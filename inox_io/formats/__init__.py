@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import List
 
 from .base import Format, Reader, Target
+from .hf_index import HFIndexFormat
 from .msgpack_file import MsgpackFormat
 from .orbax_dir import OrbaxDirectoryFormat
 from .safetensors_file import SafetensorsFormat
 
 # The directory format comes last: a '.safetensors' or '.msgpack' suffix always wins.
-FORMATS: List[Format] = [SafetensorsFormat(), MsgpackFormat(), OrbaxDirectoryFormat()]
+FORMATS: List[Format] = [SafetensorsFormat(), HFIndexFormat(), MsgpackFormat(), OrbaxDirectoryFormat()]
 
 
 def register(fmt: Format) -> None:
@@ -25,7 +26,8 @@ def register(fmt: Format) -> None:
 
 
 def format_for(path: str | os.PathLike) -> Format:
-    r"""Returns the format of a path, from its suffix (or being a directory).
+    r"""Returns the format of a path, from its suffix (or being a directory);
+    ``*.safetensors.index.json`` is a sharded safetensors checkpoint.
 
     Example:
         >>> format_for('model.safetensors').name

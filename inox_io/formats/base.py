@@ -3,8 +3,10 @@ r"""The storage interface, and the machinery shared by the single-file formats.
 A format writes a manifest and the arrays it describes, and reads arrays back by key,
 placed on devices. The single-file formats (safetensors, msgpack) share one layout
 idea: a header holding the manifest, then each array's raw bytes at a known offset.
-They are written in one streaming pass (each array's bytes go straight from its buffer
-to the file while its checksum is computed) and read through a memory map.
+They are written in one streaming pass: each array's bytes go straight from its buffer
+to the file, many arrays per ``writev`` call, while a background thread computes the
+checksums. They are read back the same way: many arrays per ``preadv`` call, straight
+into fresh buffers that become the arrays, checksums computed in the background.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 __all__ = ["Format", "Reader", "Target", "FileReader", "host_bytes", "place", "write_payload_file"]
 
 import abc
+import collections
+import concurrent.futures
 import dataclasses
 import jax
 import math
@@ -21,11 +25,25 @@ import os
 import zlib
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
-from ..atomic import AtomicFile, pwrite_all, write_all
+from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, write_all, writev_all
 from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest
+
+#: Bytes per system call and per checksum job: large enough that a call's cost is
+#: nothing next to its copy, small enough that checksums overlap the I/O finely.
+CHUNK_BYTES = 8 * 2**20
+
+#: Bytes between two arrays (msgpack keys) read into a scratch buffer rather than
+#: splitting a run of arrays read together.
+MAX_GAP_BYTES = 64 * 2**10
+
+#: Alignment of the buffers arrays are read into: JAX on CPU adopts 64-byte aligned
+#: host buffers without copying them.
+ALIGNMENT = 64
+
+Piece = Tuple[str, memoryview]  #: consecutive bytes of a stored key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +123,80 @@ def host_bytes(x: Any) -> np.ndarray:
     return host.reshape(-1).view(np.uint8)
 
 
+class Checksums:
+    r"""The CRC-32 of each key, computed by one background thread, in submission order,
+    while the caller writes or reads the next bytes (:func:`zlib.crc32` releases the
+    GIL), so that checksums cost no time next to the I/O.
+
+    Example:
+        >>> with Checksums() as crcs:
+        ...     crcs.submit([('a', memoryview(b'hello ')), ('a', memoryview(b'world'))])
+        >>> crcs.hex('a') == f"{zlib.crc32(b'hello world'):08x}"
+        True
+    """
+
+    def __init__(self):
+        self.values: Dict[str, int] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
+        self.pending: collections.deque = collections.deque()
+
+    def submit(self, pieces: Sequence[Piece]) -> None:
+        r"""Adds pieces of bytes, in order, to the checksums of their keys."""
+
+        for key, _ in pieces:
+            self.values.setdefault(key, 0)  # an empty array has a checksum too
+        if pieces:
+            self.pending.append(self.pool.submit(self.update, pieces))
+
+    def update(self, pieces: Sequence[Piece]) -> None:
+        for key, data in pieces:
+            self.values[key] = zlib.crc32(data, self.values[key])
+
+    def wait(self, pending: int = 0) -> None:
+        r"""Waits until at most :py:`pending` jobs are left (which bounds the buffers
+        kept alive for them), and raises their errors."""
+
+        while len(self.pending) > pending:
+            self.pending.popleft().result()
+
+    def hex(self, key: str) -> str:
+        return f"{self.values[key]:08x}"
+
+    def __enter__(self) -> Checksums:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pieces(key: str, data: np.ndarray) -> List[Piece]:
+    r"""An array's bytes as views of at most :data:`CHUNK_BYTES` (one empty view for
+    an empty array, so that it gets a checksum)."""
+
+    view = memoryview(data).cast("B")
+    return [(key, view[i : i + CHUNK_BYTES]) for i in range(0, max(len(view), 1), CHUNK_BYTES)]
+
+
+def _chunks(entries: Iterable[Tuple[memoryview, Any]]) -> Iterator[List[Tuple[memoryview, Any]]]:
+    r"""Groups consecutive ``(buffer, extra)`` entries into runs of at most
+    :data:`CHUNK_BYTES` and :data:`MAX_BUFFERS` buffers."""
+
+    chunk: List[Tuple[memoryview, Any]] = []
+    size = 0
+    for entry in entries:
+        if chunk and (size + len(entry[0]) > CHUNK_BYTES or len(chunk) == MAX_BUFFERS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry[0])
+    if chunk:
+        yield chunk
+
+
 def write_payload_file(
     path: Path,
     manifest: Manifest,
@@ -117,8 +209,9 @@ def write_payload_file(
     r"""Writes ``header | prefix_1 | array_1 | prefix_2 | array_2 ...`` atomically.
 
     The header is written first with placeholder checksums of fixed width, the arrays
-    are streamed while their checksums are computed, and the final header, of the same
-    length, is written over the placeholder.
+    are streamed (one ``writev`` per :data:`CHUNK_BYTES`) while a background thread
+    computes their checksums, and the final header, of the same length, is written
+    over the placeholder.
 
     Arguments:
         payloads: ``(prefix, key)`` pairs in file order.
@@ -128,17 +221,26 @@ def write_payload_file(
         manifest.arrays[key].crc32 = "0" * 8
     placeholder = header(manifest)
 
-    with AtomicFile(path, overwrite=overwrite) as f:
-        write_all(f.fd, placeholder)
+    def entries() -> Iterator[Tuple[memoryview, Piece | None]]:
         for prefix, key in payloads:
             if prefix:
-                write_all(f.fd, prefix)
+                yield memoryview(prefix), None
             data = host_bytes(arrays[key])
             if data.nbytes != manifest.arrays[key].nbytes:
                 raise ValueError(f"{key}: {data.nbytes} bytes, {manifest.arrays[key].nbytes} expected")
-            manifest.arrays[key].crc32 = f"{zlib.crc32(data):08x}"
-            write_all(f.fd, data)
-            del data  # one array at a time on the host (matters for device arrays)
+            for piece in _pieces(key, data):
+                yield piece[1], piece
+            del data  # chunks keep what they still need: device arrays' host copies go early
+
+    with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs:
+        write_all(f.fd, placeholder)
+        for chunk in _chunks(entries()):
+            crcs.submit([piece for _, piece in chunk if piece is not None])
+            writev_all(f.fd, [view for view, _ in chunk])
+            crcs.wait(pending=1)  # at most two chunks alive
+        crcs.wait()
+        for key in manifest.arrays:
+            manifest.arrays[key].crc32 = crcs.hex(key)
         final = header(manifest)
         if len(final) != len(placeholder):
             raise AssertionError("header length changed while writing")  # checksums have a fixed width
@@ -169,8 +271,67 @@ def place(info: ArrayInfo, view: np.ndarray, target: Target) -> jax.Array:
     return jax.make_array_from_callback(info.shape, target.sharding, lambda index: view[index])
 
 
+def _plain(info: ArrayInfo, target: Target) -> bool:
+    r"""Whether an array can go through a batched :func:`jax.device_put`: not a key,
+    not narrowed by JAX, and placed on this process' devices only."""
+
+    if info.key_impl or jax.dtypes.canonicalize_dtype(info.storage_dtype) != info.storage_dtype:
+        return False
+    return target.sharding is None or target.sharding.is_fully_addressable
+
+
+def place_all(
+    infos: Mapping[str, ArrayInfo], hosts: Mapping[str, np.ndarray], targets: Mapping[str, Target]
+) -> Dict[str, Any]:
+    r"""Places host arrays on their targets like :func:`place`, the plain ones with one
+    :func:`jax.device_put` for the default device and one for shardings: a call per
+    array costs more than placing a small array."""
+
+    out = {key: place(infos[key], hosts[key], targets[key]) for key in hosts if not _plain(infos[key], targets[key])}
+    default = [key for key in hosts if key not in out and targets[key].sharding is None]
+    sharded = [key for key in hosts if key not in out and targets[key].sharding is not None]
+    if default:
+        out.update(zip(default, jax.device_put([hosts[key] for key in default])))
+    if sharded:
+        values = jax.device_put([hosts[key] for key in sharded], [targets[key].sharding for key in sharded])
+        out.update(zip(sharded, values))
+    return out
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    r"""A fresh byte buffer starting at an :data:`ALIGNMENT` boundary."""
+
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes]
+
+
+def _preadv_all(fd: int, views: List[memoryview], offset: int) -> int:
+    r"""Fills buffers from consecutive bytes of a file, looping over short reads;
+    returns the bytes read (fewer only at the end of the file)."""
+
+    total = 0
+    while views:
+        n = os.preadv(fd, views[:MAX_BUFFERS], offset)
+        if n == 0:
+            break
+        total, offset = total + n, offset + n
+        done = 0  # the buffers filled whole; a short read leaves a partial one
+        while done < len(views) and n >= len(views[done]):
+            n -= len(views[done])
+            done += 1
+        views = views[done:]
+        if n:
+            views[0] = views[0][n:]
+    return total
+
+
 class FileReader(Reader):
-    r"""Reader of a single-file format over a read-only memory map.
+    r"""Reader of a single-file format: loads read the file with ``preadv`` into fresh
+    buffers; :meth:`host` and :meth:`verify` read it through a memory map.
+
+    Loaded arrays never alias the file, so a file overwritten in place (``cp``) or
+    truncated later cannot change them, nor crash the process.
 
     Subclasses parse the header in :py:`parse(buffer)` and return the manifest and the
     byte range of each stored key.
@@ -179,9 +340,10 @@ class FileReader(Reader):
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            with open(self.path, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                self.buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            # Kept open: loads read this very file even if the path is replaced meanwhile.
+            self.file = open(self.path, "rb", buffering=0)
+            size = os.fstat(self.file.fileno()).st_size
+            self.buffer = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except FileNotFoundError:
             raise
         except OSError as e:
@@ -192,6 +354,9 @@ class FileReader(Reader):
     @abc.abstractmethod
     def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
         ...
+
+    def close(self) -> None:
+        self.file.close()  # the map stays valid, for host arrays still in use
 
     def fail(self, message: str, key: str | None = None):
         raise CheckpointError(self.path, message, key=key)
@@ -232,9 +397,83 @@ class FileReader(Reader):
                 problems.append(f"{self.path}: {key}: checksum mismatch (corrupted data)")
         return problems
 
+    def runs(self, keys: Iterable[str]) -> List[List[str]]:
+        r"""Keys in file order, grouped into runs that are read together and placed
+        together: at most :data:`CHUNK_BYTES` (or one larger array), with at most
+        :data:`MAX_GAP_BYTES` between two arrays."""
+
+        out: List[List[str]] = []
+        size = end = 0
+        for key in sorted(keys, key=lambda k: self.ranges[k]):
+            begin, stop = self.ranges[key]
+            if not out or size + stop - begin > CHUNK_BYTES or begin - end > MAX_GAP_BYTES:
+                out.append([])
+                size = 0
+            out[-1].append(key)
+            size, end = size + stop - begin, max(end, stop)
+        return out
+
+    def read(self, keys: List[str], crcs: Checksums | None) -> Dict[str, np.ndarray]:
+        r"""Reads a run of arrays (see :meth:`runs`) into fresh aligned buffers, one
+        system call per :data:`CHUNK_BYTES`, each chunk's checksum computed while the
+        next chunk is read."""
+
+        hosts: Dict[str, np.ndarray] = {}
+        entries: List[Tuple[memoryview, Piece | None]] = []  # buffers in file order
+        scratch = None  # receives the bytes between arrays
+        start = position = self.ranges[keys[0]][0]
+        for key in keys:
+            info = self.manifest.arrays[key]
+            begin, end = self.ranges[key]
+            if begin > position:
+                scratch = scratch or memoryview(bytearray(MAX_GAP_BYTES))
+                entries.append((scratch[: begin - position], None))
+            buffer = _aligned_empty(end - begin)
+            hosts[key] = buffer.view(info.storage_dtype).reshape(info.storage_shape)
+            entries += [(view, (key, view)) for key, view in _pieces(key, buffer)]
+            position = max(position, end)  # an empty array may start where the previous one does
+
+        offset = start
+        for chunk in _chunks(entries):
+            views = [view for view, _ in chunk]
+            size = sum(len(view) for view in views)
+            if self.fill(views, offset) < size:
+                self.fail(f"unexpected end of file before byte {offset + size} (truncated?)")
+            if crcs is not None:
+                crcs.submit([piece for _, piece in chunk if piece is not None])
+            offset += size
+        return hosts
+
+    def fill(self, views: List[memoryview], offset: int) -> int:
+        r"""Fills buffers from the file's bytes at :py:`offset`; returns the bytes read."""
+
+        if hasattr(os, "preadv"):
+            return _preadv_all(self.file.fileno(), views, offset)
+        source, total = memoryview(self.buffer), 0  # without preadv: from the memory map
+        for view in views:
+            n = len(source[offset + total : offset + total + len(view)])
+            view[:n] = source[offset + total : offset + total + n]
+            total += n
+        return total
+
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+        infos = self.manifest.arrays
+        # Arrays that span processes: each process reads only its own slices, from the map.
+        spanning = [k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable]
+        out: Dict[str, Any] = {}
+        with Checksums() as crcs:
+            for keys in self.runs(k for k in targets if k not in spanning):
+                out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
+        problems = []
         if verify:
-            problems = self.verify(targets)
-            if problems:
-                raise CheckpointError(self.path, "; ".join(p.split(": ", 1)[1] for p in problems))
-        return {key: place(self.manifest.arrays[key], self.host(key), target) for key, target in targets.items()}
+            for key in targets:
+                expected = infos[key].crc32
+                if expected is None:
+                    continue
+                found = self.checksum(key) if key in spanning else crcs.hex(key)
+                if found != expected:
+                    problems.append(f"{key}: checksum mismatch (corrupted data)")
+        if problems:
+            raise CheckpointError(self.path, "; ".join(problems))
+        out.update({key: place(infos[key], self.host(key), targets[key]) for key in spanning})
+        return out

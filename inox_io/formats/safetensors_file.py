@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
-from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, _no_duplicate_keys, shape_problem
 from .base import FileReader, Format, write_payload_file
 
 #: Manifest dtype name -> safetensors dtype name.
@@ -111,7 +111,8 @@ class SafetensorsReader(FileReader):
         if 8 + length > len(buffer):
             self.fail(f"header length {length} exceeds the file size {len(buffer)} (truncated?)")
         try:
-            header = json.loads(bytes(buffer[8 : 8 + length]))
+            # Duplicates refused: the last would silently win, unlike in other readers.
+            header = json.loads(bytes(buffer[8 : 8 + length]), object_pairs_hook=_no_duplicate_keys)
         except (ValueError, RecursionError) as e:
             self.fail(f"malformed safetensors header ({e})")
         if not isinstance(header, dict):
@@ -148,6 +149,9 @@ class SafetensorsReader(FileReader):
             if (dtype, shape) != header_entry(info):
                 self.fail(f"header says {dtype}{shape}, the manifest {info.dtype}{list(info.shape)}", key=key)
             ranges[key] = (begin, end)
+        for key in stored:
+            if key not in manifest.arrays:  # bytes nothing accounts for: not the file we wrote
+                self.fail("stored but not listed in the manifest", key=key)
         return manifest, ranges
 
     def synthesize(self, stored: Mapping[str, Tuple[str, list, int, int]]) -> Manifest:
@@ -158,6 +162,9 @@ class SafetensorsReader(FileReader):
             if dtype not in FROM_SAFETENSORS:
                 self.fail(f"unsupported safetensors dtype {dtype!r}", key=key)
             info = ArrayInfo(FROM_SAFETENSORS[dtype], tuple(shape), 0)
+            problem = shape_problem(info.shape, info.storage_dtype.itemsize)
+            if problem:
+                self.fail(problem, key=key)
             info.nbytes = math.prod(info.shape) * info.storage_dtype.itemsize
             arrays[key] = info
         return Manifest(arrays)

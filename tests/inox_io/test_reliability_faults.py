@@ -26,8 +26,8 @@ import inox_io.atomic as atomic
 
 from crash_worker import generation_of, make_tree
 
-SYSCALLS = ("open", "write", "pwrite", "fsync", "close", "replace", "link", "unlink")
-WRITES = ("write", "pwrite")
+SYSCALLS = ("open", "write", "writev", "pwrite", "fsync", "close", "replace", "link", "unlink")
+WRITES = ("write", "writev", "pwrite")
 FORMATS = ["safetensors", "msgpack"]
 ERRNOS = [errno.ENOSPC, errno.EIO]
 

@@ -1,0 +1,300 @@
+r"""Sharded safetensors checkpoints, as Hugging Face writes them: an index
+``NAME.safetensors.index.json`` and shard files ``NAME-00001-of-00003.safetensors`` beside it.
+
+.. code-block:: text
+
+    {"metadata": {"total_size": 1234, "inox_io": "<manifest JSON>"},
+     "weight_map": {"<key>": "NAME-00001-of-00003.safetensors", ...}}
+
+The shards are plain safetensors files (readable by ``safetensors`` and ``transformers``
+one by one); the manifest, when there is one, lives in the index. A shard's
+``__metadata__`` holds the caller's metadata and, for each array it stores that other
+names share, ``dropped_name -> kept_name`` as :func:`safetensors.torch.save_model` writes.
+
+Writing is atomic: the shards are written first, under names the current checkpoint
+does not use, then the index replaces the old one in one rename, then the shards of the
+old index are removed. A crash leaves the old checkpoint or the new one.
+
+Example:
+    >>> import tempfile
+    >>> path = tempfile.mkdtemp() + '/model.safetensors.index.json'
+    >>> _ = inox_io.save(path, {'a': jnp.ones(300), 'b': jnp.zeros(300)}, max_shard_size=1500)
+    >>> sorted(p.name for p in Path(path).parent.iterdir())
+    ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
+    >>> inox_io.load(path, {'a': jnp.zeros(300), 'b': jnp.zeros(300)})['a'][:3]
+    Array([1., 1., 1.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+__all__ = ["INDEX_SUFFIX", "DEFAULT_MAX_SHARD_SIZE", "HFIndexFormat", "parse_size", "plan_shards"]
+
+import json
+import numpy as np
+import re
+import secrets
+
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Iterable, List, Mapping
+
+import jax
+
+from ..atomic import AtomicFile, fsync_directory, write_all
+from ..errors import CheckpointError
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
+from .base import Format, Reader, Target, write_payload_file
+from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, header_entry
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+#: The default largest shard, as ``transformers``' ``save_pretrained`` (5 GB).
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+
+MAX_INDEX_BYTES = MAX_MANIFEST_BYTES + 64 * 2**20
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(size: int | str) -> int:
+    r"""A size in bytes, from an integer or a string such as ``"5GB"`` (decimal units,
+    as ``transformers``) or ``"500MiB"`` (binary units).
+
+    Example:
+        >>> parse_size('5GB'), parse_size('1.5 KiB'), parse_size(100)
+        (5000000000, 1536, 100)
+    """
+
+    if isinstance(size, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", size)
+        if match is None or match.group(2).upper() not in _UNITS:
+            raise ValueError(f"max_shard_size {size!r}: a size such as '5GB' or '500MiB' expected")
+        size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"max_shard_size {size!r}: a positive number of bytes expected")
+    return size
+
+
+def plan_shards(manifest: Manifest, max_shard_size: int) -> List[List[str]]:
+    r"""Splits the stored keys into shards of at most :py:`max_shard_size` bytes, in
+    manifest order; an array larger than that gets a shard of its own.
+
+    Example:
+        >>> from inox_io.manifest import ArrayInfo
+        >>> m = Manifest({k: ArrayInfo('uint8', (n,), n) for k, n in [('a', 6), ('b', 5), ('c', 20), ('d', 1)]})
+        >>> plan_shards(m, 10)
+        [['a'], ['b'], ['c'], ['d']]
+        >>> plan_shards(m, 12)
+        [['a', 'b'], ['c'], ['d']]
+    """
+
+    shards: List[List[str]] = []
+    size = 0
+    for key, info in manifest.arrays.items():
+        if not shards or size + info.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += info.nbytes
+    return shards or [[]]
+
+
+def plain_header(manifest: Manifest, extra: Mapping[str, str]) -> bytes:
+    r"""A safetensors header without inox_io manifest: shards are plain files."""
+
+    header: Dict[str, Any] = {"__metadata__": dict(extra)} if extra else {}
+    offset = 0
+    for key in sorted(manifest.arrays, key=lambda k: -manifest.arrays[k].storage_dtype.itemsize):
+        dtype, shape = header_entry(manifest.arrays[key])
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + manifest.arrays[key].nbytes]}
+        offset += manifest.arrays[key].nbytes
+    data = json.dumps(header, separators=(",", ":")).encode()
+    data += b" " * (-len(data) % 8)
+    return len(data).to_bytes(8, "little") + data
+
+
+def shard_file_names(index: Path, count: int, taken: Iterable[str]) -> List[str]:
+    r"""``NAME-0000i-of-0000n.safetensors``, or, when the current checkpoint uses those
+    names (overwriting it must not touch its shards before the index switches),
+    ``NAME-<random>-0000i-of-0000n.safetensors``."""
+
+    prefix = index.name[: -len(INDEX_SUFFIX)]
+    names = [f"{prefix}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    if set(names) & set(taken):
+        token = secrets.token_hex(4)
+        names = [f"{prefix}-{token}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    return names
+
+
+def _read_index(path: Path) -> Dict[str, Any]:
+    def fail(message: str):
+        raise CheckpointError(path, message)
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            fail(f"index of {size} bytes, more than the {MAX_INDEX_BYTES} allowed")
+        index = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        fail(f"cannot be read ({e})")
+    except (ValueError, RecursionError) as e:
+        fail(f"malformed index ({e})")
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        fail("malformed index (an object with a 'weight_map' expected)")
+    metadata = index.get("metadata", {})
+    if not isinstance(metadata, dict):
+        fail("malformed index ('metadata' must be an object)")
+    for key, shard in index["weight_map"].items():
+        # A shard is a file beside the index: no absolute paths, no way out of the folder.
+        parts = PurePosixPath(shard).parts if isinstance(shard, str) else ()
+        if not parts or shard.startswith("/") or "\\" in shard or any(p in ("..", ".") for p in parts):
+            raise CheckpointError(path, f"shard {shard!r}: a file name beside the index expected", key=key)
+    return index
+
+
+class IndexReader(Reader):
+    r"""An open sharded checkpoint: the index, and a memory map per shard."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        index = _read_index(self.path)
+        weight_map: Dict[str, str] = index["weight_map"]
+
+        self.shards: Dict[str, SafetensorsReader] = {}
+        for shard in dict.fromkeys(weight_map.values()):
+            try:
+                self.shards[shard] = SafetensorsReader(self.path.parent / shard)
+            except FileNotFoundError:
+                raise CheckpointError(self.path, f"shard {shard} is missing") from None
+
+        text = index.get("metadata", {}).get(FORMAT)
+        if text is not None:
+            if not isinstance(text, str):
+                raise CheckpointError(self.path, f"metadata {FORMAT!r}: a JSON string expected")
+            self.manifest = Manifest.from_json(text, source=str(self.path))
+            stray = [key for key in weight_map if key not in self.manifest.arrays]
+            if stray:
+                raise CheckpointError(self.path, "in the weight map but not in the manifest", key=stray[0])
+        else:
+            self.manifest = Manifest({})
+
+        self.owner: Dict[str, SafetensorsReader] = {}
+        for key, shard in weight_map.items():
+            reader = self.shards[shard]
+            found = reader.manifest.arrays.get(key)
+            if found is None:
+                raise CheckpointError(self.path, f"in the weight map but not in {shard}", key=key)
+            if text is None:
+                self.manifest.arrays[key] = found  # a foreign checkpoint: the shard's header says all
+            else:
+                expected = header_entry(self.manifest.arrays[key])
+                stored = (SAFETENSORS_DTYPES.get(found.dtype), list(found.shape))
+                if stored != expected:
+                    raise CheckpointError(self.path, f"{shard} says {stored[0]}{stored[1]}, the manifest {expected[0]}{expected[1]}", key=key)
+            self.owner[key] = reader
+        missing = [key for key in self.manifest.arrays if key not in self.owner]
+        if missing:
+            raise CheckpointError(self.path, "in the manifest but not in the weight map", key=missing[0])
+
+        #: The shards' ``__metadata__`` entries (aliases ``dropped -> kept`` among them).
+        self.metadata: Dict[str, str] = {}
+        for shard, reader in self.shards.items():
+            self.metadata.update({k: v for k, v in reader.metadata.items() if k != FORMAT})
+            # Each shard reads its arrays as the index describes them (true dtypes,
+            # checksums): its own reader, memory map and batched reads do the work.
+            reader.manifest = Manifest({k: self.manifest.arrays[k] for k, r in self.owner.items() if r is reader})
+
+    def host(self, key: str) -> np.ndarray:
+        return self.owner[key].host(key)
+
+    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
+        return [p for key in (self.manifest.arrays if keys is None else keys) for p in self.owner[key].verify([key])]
+
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+        out: Dict[str, jax.Array] = {}
+        for reader in self.shards.values():
+            mine = {key: target for key, target in targets.items() if self.owner[key] is reader}
+            if mine:
+                out.update(reader.load(mine, verify=verify))
+        return out
+
+    def close(self) -> None:
+        for reader in self.shards.values():
+            reader.close()
+
+
+class HFIndexFormat(Format):
+    r"""``*.safetensors.index.json`` indices and their shards."""
+
+    name = "safetensors-index"
+
+    def matches(self, path: Path) -> bool:
+        return path.name.endswith(INDEX_SUFFIX)
+
+    def open(self, path: Path) -> IndexReader:
+        return IndexReader(path)
+
+    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+        self.write_with_metadata(path, manifest, arrays, {}, overwrite=overwrite)
+
+    def write_with_metadata(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        extra: Mapping[str, str],
+        *,
+        overwrite: bool,
+        max_shard_size: int | str | None = None,
+    ) -> None:
+        r"""Writes the shards, then the index.
+
+        Arguments:
+            extra: Entries for the shards' ``__metadata__``; an entry naming an alias of
+                the manifest goes only to the shard of its kept array.
+            max_shard_size: The largest shard, in bytes or as ``"5GB"``.
+        """
+
+        path = Path(path)
+        limit = parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        try:
+            old = set(_read_index(path)["weight_map"].values())
+        except (FileNotFoundError, CheckpointError):
+            old = set()  # no index, or a damaged one: no shards known to keep safe
+
+        plan = plan_shards(manifest, limit)
+        names = shard_file_names(path, len(plan), old)
+        written: List[Path] = []
+        try:
+            weight_map = {}
+            for name, keys in zip(names, plan):
+                shard = Manifest({key: manifest.arrays[key] for key in keys})
+                entries = {
+                    k: v for k, v in extra.items()
+                    if manifest.aliases.get(k) != v or v in shard.arrays
+                }  # fmt: skip
+                header = plain_header(shard, entries)
+                order = sorted(keys, key=lambda k: -manifest.arrays[k].storage_dtype.itemsize)
+                written.append(path.parent / name)
+                # overwrite=True: a crashed save may have left an unreferenced shard here.
+                write_payload_file(written[-1], shard, lambda m: header, [(b"", k) for k in order], arrays, overwrite=True)
+                weight_map.update({key: name for key in keys})
+
+            index = {
+                "metadata": {"total_size": manifest.nbytes, FORMAT: manifest.to_json()},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
+            with AtomicFile(path, overwrite=overwrite) as f:
+                write_all(f.fd, json.dumps(index, indent=2).encode() + b"\n")
+        except BaseException:
+            for shard_path in written:
+                shard_path.unlink(missing_ok=True)
+            raise
+
+        for name in old - set(names):
+            (path.parent / name).unlink(missing_ok=True)
+        fsync_directory(path.parent)
