@@ -35,6 +35,31 @@ from pathlib import Path
 
 TEMP_PREFIX = ".inox_io-tmp-"
 
+
+def _writeback_function():
+    r"""Linux's ``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)``, which
+    starts writing a range of a file to disk without waiting for it; or None elsewhere.
+
+    A hint only: a save started writing its first chunks back while it writes the next
+    ones finds little left to do at its fsync, which alone makes the file durable.
+    """
+
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    write = 2  # SYNC_FILE_RANGE_WRITE
+
+    def writeback(fd: int, offset: int, nbytes: int) -> None:
+        function(fd, offset, nbytes, write)  # a failure is fsync's to report
+
+    return writeback
+
+
 #: The system calls of a save. They are looked up here at each call, not bound to
 #: :mod:`os`, so that tests can inject faults (a full disk, I/O errors) into every step
 #: of a save without patching :mod:`os` for the whole process.
@@ -48,6 +73,7 @@ syscalls = types.SimpleNamespace(
     replace=os.replace,
     link=os.link,
     unlink=os.unlink,
+    writeback=_writeback_function(),  # a hint; None where there is none
 )
 
 #: Names of the temporaries this process is writing right now (threads included), which

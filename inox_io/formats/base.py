@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
-from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, write_all, writev_all
+from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, syscalls, write_all, writev_all
 from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest
 
@@ -140,17 +140,20 @@ class Checksums:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
         self.pending: collections.deque = collections.deque()
 
-    def submit(self, pieces: Sequence[Piece]) -> None:
-        r"""Adds pieces of bytes, in order, to the checksums of their keys."""
+    def submit(self, pieces: Sequence[Piece], then: Callable[[], None] | None = None) -> None:
+        r"""Adds pieces of bytes, in order, to the checksums of their keys, then calls
+        :py:`then` (in the background thread too)."""
 
         for key, _ in pieces:
             self.values.setdefault(key, 0)  # an empty array has a checksum too
-        if pieces:
-            self.pending.append(self.pool.submit(self.update, pieces))
+        if pieces or then:
+            self.pending.append(self.pool.submit(self.update, pieces, then))
 
-    def update(self, pieces: Sequence[Piece]) -> None:
+    def update(self, pieces: Sequence[Piece], then: Callable[[], None] | None) -> None:
         for key, data in pieces:
             self.values[key] = zlib.crc32(data, self.values[key])
+        if then is not None:
+            then()
 
     def wait(self, pending: int = 0) -> None:
         r"""Waits until at most :py:`pending` jobs are left (which bounds the buffers
@@ -232,12 +235,23 @@ def write_payload_file(
                 yield piece[1], piece
             del data  # chunks keep what they still need: device arrays' host copies go early
 
+    def writeback(offset: int, size: int) -> Callable[[], None] | None:
+        if syscalls.writeback is None:
+            return None
+        return lambda: syscalls.writeback(f.fd, offset, size)
+
     with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs:
         write_all(f.fd, placeholder)
+        offset = len(placeholder)
         for chunk in _chunks(entries()):
-            crcs.submit([piece for _, piece in chunk if piece is not None])
-            writev_all(f.fd, [view for view, _ in chunk])
+            views = [view for view, _ in chunk]
+            writev_all(f.fd, views)
+            # While the next chunk is written: this one's checksums, and its writeback
+            # started, so that the final fsync finds little left to write.
+            size = sum(len(view) for view in views)
+            crcs.submit([piece for _, piece in chunk if piece is not None], writeback(offset, size))
             crcs.wait(pending=1)  # at most two chunks alive
+            offset += size
         crcs.wait()
         for key in manifest.arrays:
             manifest.arrays[key].crc32 = crcs.hex(key)

@@ -17,7 +17,6 @@ import dataclasses
 import io
 import itertools
 import json
-import keyword
 import math
 import struct
 import time
@@ -682,7 +681,7 @@ CRAFTED = {
     "duplicate manifest key": (FORMATS, lambda fmt: file_of(fmt, manifest_of(ONE), manifest_edit=('"version":1', '"version":1,"version":1')), "duplicate key 'version'"),
     "duplicate __metadata__": (["safetensors"], lambda fmt: file_of(fmt, manifest_of(ONE), header_edit=('{"__metadata__":', '{"__metadata__":{},"__metadata__":')), "duplicate key '__metadata__'"),
     "duplicate header entry": (["safetensors"], lambda fmt: file_of(fmt, manifest_of(ONE), header_edit=DUPLICATE_ENTRY), 'duplicate key'),
-    "header entry not in the manifest": (["safetensors"], lambda fmt: file_of(fmt, manifest_of(ONE), extra={"../../x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}), 'in the safetensors header but not in the manifest'),
+    "header entry not in the manifest": (["safetensors"], lambda fmt: file_of(fmt, manifest_of(ONE), extra={"../../x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}), 'stored but not listed in the manifest'),
     "duplicate stored key": (["msgpack"], lambda fmt: msgpack_bytes(json.dumps(manifest_of(ONE)), [("['a']", 4, bytes(4)), ("['a']", 4, bytes(4))]), 'stored twice'),
     "header length 2**64 - 1": (["safetensors"], lambda fmt: struct.pack("<Q", 2**64 - 1) + b"{}", 'exceeds the 335544320 bytes allowed'),
     "manifest length 2**32 - 1": (["msgpack"], lambda fmt: b"\x82\xa7inox_io\xdb\xff\xff\xff\xff{}", 'more than the 268435456 allowed'),
@@ -693,14 +692,17 @@ CRAFTED = {
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED))
-def test_crafted_file(name, workdir):
+def test_crafted_file(name, tmp_path):
     formats, build, expected = CRAFTED[name]
+    # Two levels down, so that keys like '../../x' would land inside tmp_path if a
+    # reader ever used them as paths.
+    directory = tmp_path / "a" / "b"
+    directory.mkdir(parents=True)
     for fmt in formats:
-        before = sorted(workdir.parent.rglob("*"))
         data = build(fmt)
-        outcome = attempt(data, fmt, workdir)
+        outcome = attempt(data, fmt, directory)
         assert outcome.loaded is None  # none of them fits TREE
-        path = workdir / f"crafted.{fmt}"
+        path = directory / f"crafted.{fmt}"
         path.write_bytes(data)
         if expected is None:  # readable, though nothing like TREE
             assert outcome.manifest is not None and inox_io.inspect(path)
@@ -709,7 +711,7 @@ def test_crafted_file(name, workdir):
             with pytest.raises(inox_io.CheckpointError, match=expected):
                 inox_io.inspect(path)
         path.unlink()
-        assert sorted(workdir.parent.rglob("*")) == before, "reading created or removed files"
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "a", directory], "reading created files"
 
 
 def test_large_honest_manifest_reads_in_bounds(workdir):
@@ -720,3 +722,48 @@ def test_large_honest_manifest_reads_in_bounds(workdir):
     for fmt in FORMATS:
         outcome = attempt(file_of(fmt, manifest), fmt, workdir, place=False)
         assert outcome.manifest is not None and len(outcome.manifest.positions()) == 4 * 3_000
+
+
+# No code execution on load
+
+
+#: Names whose use could run code chosen by a file: deserializers of Python objects,
+#: and the evaluation of strings.
+UNSAFE = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "marshal", "shelve", "eval", "exec", "__import__", "import_module", "allow_pickle"}  # fmt: skip
+#: Functions that unpickle by default (np.load with allow_pickle, torch.load).
+UNSAFE_LOADS = {("np", "load"), ("numpy", "load"), ("torch", "load")}
+
+
+def unsafe_uses(source: str) -> List[str]:
+    r"""The lines of Python source that use :data:`UNSAFE` names or calls, in code
+    only: docstrings and comments may mention them."""
+
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.NAME or t.string == "."]
+    found = []
+    for before, dot, token in zip([None, None, *tokens], [None, *tokens], tokens):
+        if token.type != tokenize.NAME:
+            continue
+        qualified = (before.string, token.string) if before is not None and dot.string == "." else None
+        builtin_compile = token.string == "compile" and (dot is None or dot.string != ".")
+        if token.string in UNSAFE or qualified in UNSAFE_LOADS or builtin_compile:
+            found.append(f"{token.start[0]}: {token.line.strip()}")
+    return found
+
+
+def test_unsafe_use_detector_finds_them():
+    source = '''"""No pickle here, nor eval."""
+import re  # not pickle
+x = pickle.loads(data)
+y = eval("1 + 1")
+z = np.load(path)
+w = re.compile("a")
+v = jax.eval_shape(f)
+u = compile(text, "f", "exec")
+'''
+    assert [line.split(":")[0] for line in unsafe_uses(source)] == ["3", "4", "5", "8"]
+
+
+def test_no_pickle_eval_or_exec_in_inox_io():
+    root = Path(inox_io.__file__).parent
+    found = [f"{f.relative_to(root)}:{use}" for f in sorted(root.rglob("*.py")) for use in unsafe_uses(f.read_text())]
+    assert found == [], "code that may run what a file says:\n" + "\n".join(found)
