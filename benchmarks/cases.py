@@ -21,6 +21,8 @@ import inox.nn as nn
 
 Shape = Tuple[int, ...]
 
+BLOCK_ITEMS = 2**22 + 17  #: random float32 numbers drawn once; odd, so windows rarely align
+
 #: Per size: case a (arrays, rows, columns) of float32; case b (arrays, float32 items
 #: each); case c (vocabulary, context, width, layers) of a GPT-2-shaped model in bf16.
 SIZES: Dict[str, Dict[str, Tuple[int, ...]]] = {
@@ -69,19 +71,27 @@ def title(case: str, size: str) -> str:
 
 
 def _factory(concrete: bool, seed: int) -> Callable[[Shape, Any], Any]:
-    r"""Makes arrays: random and on the default device, or abstract."""
+    r"""Makes arrays: random normal values on the default device, or abstract ones.
+
+    The values are windows of one block of random numbers, each at its own random
+    offset: drawing a gigabyte of random numbers would take longer than the benchmark
+    of it, and the arrays still all differ.
+    """
 
     rng = np.random.default_rng(seed)
+    block = rng.standard_normal(BLOCK_ITEMS, dtype=np.float32)
 
     def make(shape: Shape, dtype: Any) -> Any:
         if not concrete:
             return jax.ShapeDtypeStruct(shape, dtype)
-        values = rng.standard_normal(shape, dtype=np.float32)
-        if dtype != np.float32:
-            values = values.astype(dtype)
-        out = jax.device_put(values)
+        size = int(np.prod(shape))
+        start = int(rng.integers(BLOCK_ITEMS))
+        reps = -(-(start + size) // BLOCK_ITEMS)
+        values = np.tile(block, reps)[start : start + size] if reps > 1 else block[start : start + size]
+        values = values.astype(dtype).reshape(shape)  # a copy, even for float32
+        out = jax.block_until_ready(jax.device_put(values))
         del values  # one array at a time on the host
-        return jax.block_until_ready(out)
+        return out
 
     return make
 

@@ -40,10 +40,13 @@ from .targets import check
 ROOT = Path(__file__).resolve().parent.parent
 
 PROFILES = {
-    "full": {"size": "full", "reps": 5, "warmup": 1},
-    "quick": {"size": "quick", "reps": 3, "warmup": 1},
-    "tiny": {"size": "tiny", "reps": 1, "warmup": 0},
+    "full": {"size": "full", "reps": 5, "warmup": 1, "memory": "all"},
+    "quick": {"size": "quick", "reps": 3, "warmup": 1, "memory": "inox_io"},
+    "tiny": {"size": "tiny", "reps": 1, "warmup": 0, "memory": "inox_io"},
 }
+
+#: The methods whose peak memory ``--memory inox_io`` measures: the targets' and the baseline.
+MEMORY_INOX = ("raw", "inox_io-safetensors", "inox_io-msgpack")
 
 
 def _log(message: str) -> None:
@@ -58,9 +61,11 @@ def _worker(kind: str, workdir: Path, profile: Dict[str, Any], extra: List[str],
         "--size", profile["size"], "--dir", str(workdir),
         "--reps", str(profile["reps"]), "--warmup", str(profile["warmup"]),
     ] + extra  # fmt: skip
+    start = time.perf_counter()
     done = subprocess.run(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=1800
     )
+    _log(f"  ({time.perf_counter() - start:.1f} s)")
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
@@ -87,12 +92,14 @@ def run_case(case: str, workdir: Path, profile: Dict[str, Any], args: argparse.N
         result["methods"][name].update(values)
 
     result["memory"] = {}
-    if not args.no_memory:
-        for name in result["methods"]:
-            for op in ("save", "load"):
-                _log(f"case {case}: peak memory of {name} {op}")
-                raw = _worker("memory", workdir, profile, ["--case", case, "--method", name, "--op", op])
-                result["memory"].setdefault(name, {})[op] = _memory_entry(raw)
+    memory = "none" if args.no_memory else args.memory or profile["memory"]
+    for name in result["methods"]:
+        if memory == "none" or (memory == "inox_io" and name not in MEMORY_INOX):
+            continue
+        for op in ("save", "load"):
+            _log(f"case {case}: peak memory of {name} {op}")
+            raw = _worker("memory", workdir, profile, ["--case", case, "--method", name, "--op", op])
+            result["memory"].setdefault(name, {})[op] = _memory_entry(raw)
     return result
 
 
@@ -103,7 +110,12 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     parser.add_argument("--cases", default="a,b,c,d", help="comma-separated, among a,b,c,d")
     parser.add_argument("--methods", default="all", help="comma-separated method names (default: all)")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (after the warm-up)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory processes")
+    parser.add_argument(
+        "--memory",
+        choices=["all", "inox_io", "none"],
+        help="whose peak memory to measure: every method's (default), or inox_io's and raw's (--quick)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="same as --memory none")
     parser.add_argument("--warm", action="store_true", help="load from a warm page cache even if it can be emptied")
     parser.add_argument("--dir", type=Path, help="where checkpoints are written (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
