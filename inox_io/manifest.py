@@ -52,6 +52,8 @@ VERSION = 1
 
 #: PRNG implementations a file may name, with the trailing shape of their key data.
 KEY_IMPLS = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
+#: The dtype JAX gives the keys of each implementation (``str(key.dtype)``).
+KEY_DTYPES = {"threefry2x32": "key<fry>", "rbg": "key<rbg>", "unsafe_rbg": "key<urbg>"}
 
 MAX_MANIFEST_BYTES = 256 * 2**20
 MAX_JSON_DEPTH = 64
@@ -289,6 +291,9 @@ def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
         fail(f"unknown PRNG key implementation {impl!r}", key=key)
     if not isinstance(dtype, str) or (impl is None and dtype not in DTYPES):
         fail(f"unknown dtype {dtype!r}", key=key)
+    if impl is not None and dtype != KEY_DTYPES[impl]:
+        # Else an int64 entry with a key_impl would match an int64 like and load as keys.
+        fail(f"dtype {dtype!r} for {impl} keys, {KEY_DTYPES[impl]!r} expected", key=key)
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         fail(f"shape {shape!r}: a list of non-negative integers expected", key=key)
     if crc is not None and not (isinstance(crc, str) and len(crc) == 8 and all(c in "0123456789abcdef" for c in crc)):

@@ -127,16 +127,10 @@ def read_every_array(path: Path, place: bool = True) -> Tuple[inox_io.Manifest, 
         return reader.manifest, reader.load({key: Target() for key in reader.manifest.arrays})
 
 
-def attempt(data: bytes, fmt: str, workdir: Path, place: bool = True) -> Outcome:
-    r"""Reads a file every way there is; only CheckpointError may come out.
+def read_all(path: Path, place: bool) -> Tuple[Outcome, float, int]:
+    r"""Reads a file every way there is; returns what was read, the seconds it took and
+    the peak of traced allocations. Only CheckpointError may come out."""
 
-    Without :py:`place`, the arrays are read and checked on the host, not placed on a
-    device one by one (which takes long for thousands of arrays).
-    """
-
-    # A fresh name each time: readers memory-map files, so a file is never rewritten.
-    path = workdir / f"case{next(_counter)}.{fmt}"
-    path.write_bytes(data)
     outcome = Outcome()
     tracemalloc.start()
     start = time.perf_counter()
@@ -155,10 +149,28 @@ def attempt(data: bytes, fmt: str, workdir: Path, place: bool = True) -> Outcome
                 outcome.loaded = result
             elif name == "arrays":
                 outcome.manifest, outcome.arrays = result
-        elapsed = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
+        return outcome, time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def attempt(data: bytes, fmt: str, workdir: Path, place: bool = True) -> Outcome:
+    r"""Reads a file every way there is, within the time and memory bounds.
+
+    Without :py:`place`, the arrays are read and checked on the host, not placed on a
+    device one by one (which takes long for thousands of arrays).
+    """
+
+    # A fresh name each time: readers memory-map files, so a file is never rewritten.
+    path = workdir / f"case{next(_counter)}.{fmt}"
+    path.write_bytes(data)
+    try:
+        outcome, elapsed, peak = read_all(path, place)
+        if peak > memory_bound(len(data)):
+            # Once more: the first use of a code path may import a module or fill a cache
+            # (megabytes, once per process); an allocation the file causes comes back.
+            outcome, elapsed, peak = read_all(path, place)
+    finally:
         path.unlink()
     assert elapsed < TIME_BOUND, f"{elapsed:.1f} s to read {len(data)} bytes"
     assert peak <= memory_bound(len(data)), f"{peak} bytes allocated to read {len(data)} bytes"
@@ -674,6 +686,7 @@ CRAFTED = {
     "boolean tag": (FORMATS, with_tie(True), 'tag True is not a valid encoded tag'),
     "unknown dtype 'object'": (FORMATS, with_info(dtype="object"), "unknown dtype 'object'"),
     "dtype as a list": (FORMATS, with_info(dtype=["float32"]), "unknown dtype \\['float32'\\]"),
+    "int64 array with a key implementation": (FORMATS, with_info(dtype="int64", key_impl="threefry2x32", shape=[1], nbytes=8), "'int64' for threefry2x32 keys"),
     "shape product overflows, zero bytes": (FORMATS, with_info(shape=[0, 2**62, 2**62], nbytes=0, crc32="00000000"), 'larger than any array can be'),
     "shape of 40 dimensions": (FORMATS, with_info(shape=[1] * 40, nbytes=1), '40 dimensions, more than the 32 allowed'),
     "shape beyond the payload": (FORMATS, with_info(shape=[10**6], nbytes=10**6), 'lie outside the file'),
