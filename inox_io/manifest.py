@@ -285,6 +285,9 @@ def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
         fail("an object expected", key=key)
     dtype, shape, nbytes = entry.get("dtype"), entry.get("shape"), entry.get("nbytes")
     crc, impl = entry.get("crc32"), entry.get("key_impl")
+    if "crc32" not in entry:
+        # Required, null or not: a damaged field name must not turn the check off.
+        fail("no crc32 field (null where there is no checksum)", key=key)
 
     # isinstance first: a list or an object is unhashable, and "in" would raise TypeError.
     if impl is not None and (not isinstance(impl, str) or impl not in KEY_IMPLS):

@@ -132,10 +132,10 @@ def reap(pid: int) -> int:
 
 
 def main() -> None:
-    import inox_io  # noqa: F401  (imported before forking, once)
+    import inox_io  # imported before forking, once
 
     zygote = os.getpid()
-    print("ready", flush=True)
+    print(f"ready {inox_io.__file__}", flush=True)
     for command in commands():
         pid = os.fork()
         if pid == 0:

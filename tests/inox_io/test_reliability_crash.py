@@ -28,6 +28,7 @@ from crash_worker import generation_of, make_tree
 from inox_io.atomic import is_temporary
 
 WORKER = Path(__file__).with_name("crash_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ["safetensors", "msgpack"]
 KILLS, SLOW_KILLS = 40, 400
 MAX_DELAY = 0.050  # seconds; a save takes ~10 ms here, so kills land everywhere in it
@@ -39,12 +40,15 @@ class Zygote:
     TIMEOUT = 60  # seconds to wait for any line; a hang fails the test instead
 
     def __init__(self):
-        env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+        # The repository's inox_io, whatever copy is installed: the worker runs as a script.
+        path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
         self.process = subprocess.Popen(
             [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env
         )
         self.pending = b""
-        assert self.readline() == "ready"
+        kind, module = self.readline().split(" ", 1)
+        assert kind == "ready" and Path(module) == Path(inox_io.__file__), f"the worker runs {module}"
 
     def readline(self) -> str:
         fd = self.process.stdout.fileno()

@@ -318,6 +318,24 @@ def test_undamaged_original_loads(original, workdir):
     assert same_values(outcome.loaded, TREE) and outcome.arrays is not None
 
 
+def test_damage_that_would_disable_a_checksum(original, workdir):
+    r"""A flipped bit in a name that turns checking off (a ``crc32`` field; the
+    safetensors metadata key that holds the manifest), then one in the data: the file
+    must not load. (Found by the slow campaign: ``"brc32"`` used to mean no checksum.)"""
+
+    if original.fmt == "msgpack":
+        last = list(original.entries)[-1]
+    else:
+        last = max(original.entries, key=lambda k: original.entries[k]["data_offsets"][1])
+    data = original.data
+    crc32 = data.index(b"crc32", data.index(last.encode()))  # in the manifest entry of the last array
+    names = [crc32] + ([data.index(b'"inox_io":"{')] if original.fmt == "safetensors" else [])
+    for at in names:
+        damaged = flip(data, [8 * (at + 1) + 1, 8 * (len(data) - 1)])  # the name, the last data byte
+        outcome = check_damaged(damaged, original, workdir)
+        assert outcome.loaded is None and outcome.manifest is None, data[at : at + 12]
+
+
 @pytest.mark.slow
 def test_damage_long(original, workdir):
     bit_flips(original, workdir, SLOW_FACTOR * BIT_FLIPS)
@@ -686,6 +704,8 @@ CRAFTED = {
     "boolean tag": (FORMATS, with_tie(True), 'tag True is not a valid encoded tag'),
     "unknown dtype 'object'": (FORMATS, with_info(dtype="object"), "unknown dtype 'object'"),
     "dtype as a list": (FORMATS, with_info(dtype=["float32"]), "unknown dtype \\['float32'\\]"),
+    "crc32 field renamed": (FORMATS, lambda fmt: file_of(fmt, manifest_of(ONE), manifest_edit=('"crc32"', '"brc32"')), "no crc32 field"),
+    "manifest under a damaged name": (["safetensors"], lambda fmt: file_of(fmt, manifest_of(ONE), header_edit=('"inox_io":', '"inox_iO":')), "inox_io manifest under 'inox_iO'"),
     "int64 array with a key implementation": (FORMATS, with_info(dtype="int64", key_impl="threefry2x32", shape=[1], nbytes=8), "'int64' for threefry2x32 keys"),
     "shape product overflows, zero bytes": (FORMATS, with_info(shape=[0, 2**62, 2**62], nbytes=0, crc32="00000000"), 'larger than any array can be'),
     "shape of 40 dimensions": (FORMATS, with_info(shape=[1] * 40, nbytes=1), '40 dimensions, more than the 32 allowed'),
