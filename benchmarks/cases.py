@@ -27,7 +27,7 @@ BLOCK_ITEMS = 2**22 + 17  #: random float32 numbers drawn once; odd, so windows 
 #: each); case c (vocabulary, context, width, layers) of a GPT-2-shaped model in bf16.
 SIZES: Dict[str, Dict[str, Tuple[int, ...]]] = {
     "full": {"a": (8, 8192, 4096), "b": (2000, 8192), "c": (50257, 1024, 768, 12)},
-    "quick": {"a": (8, 2048, 1024), "b": (500, 8192), "c": (8192, 256, 256, 2)},
+    "quick": {"a": (8, 1024, 1024), "b": (200, 8192), "c": (8192, 256, 256, 2)},
     "tiny": {"a": (8, 64, 256), "b": (50, 256), "c": (512, 32, 32, 1)},
 }
 

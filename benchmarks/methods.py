@@ -1,7 +1,8 @@
 r"""The ways of saving and loading that are compared, behind one small interface.
 
-Every save is durable when it returns (fsynced), except orbax's, which does not fsync
-its files; every load returns arrays that are ready (blocked on).
+Every save is fsynced before it returns (orbax's as it ships: its files are written
+by TensorStore, with that driver's default durability); every load returns arrays that
+are ready (blocked on).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def _ratio(value: float | None, base: float | None) -> str:
 def _memory(mem: Dict[str, Any] | None) -> List[str]:
     if not mem:
         return ["-", "-"]
-    used = mem["peak"] - mem["idle"]
+    used = mem["used"]
     return [f"{used / MB:.0f}", f"{used / mem['model_bytes']:.2f}"]
 
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PROFILES = {
     "full": {"size": "full", "reps": 5, "warmup": 1, "memory": "all"},
-    "quick": {"size": "quick", "reps": 3, "warmup": 1, "memory": "inox_io"},
+    "quick": {"size": "quick", "reps": 2, "warmup": 1, "memory": "inox_io"},
     "tiny": {"size": "tiny", "reps": 1, "warmup": 0, "memory": "inox_io"},
 }
 
@@ -72,12 +72,17 @@ def _worker(kind: str, workdir: Path, profile: Dict[str, Any], extra: List[str],
     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
-def _memory_entry(raw: Dict[str, Any]) -> Dict[str, Any]:
-    r"""Keeps ``VmHWM`` as the peak where there is one (exact since the reset),
-    ``ru_maxrss`` otherwise; both stay in the results."""
+def _memory_entry(raw: Dict[str, Any], op: str) -> Dict[str, Any]:
+    r"""Adds ``used``: the bytes a save or load needs above an idle process (for a save,
+    the model's bytes plus the save's own peak above the process holding the model).
 
-    peak = raw["peak"]
-    return {**raw, "peak": peak.get("vmhwm", peak["ru_maxrss"]), "ru_maxrss": peak["ru_maxrss"]}
+    The peak is ``VmHWM`` where there is one (exact since the reset), ``ru_maxrss``
+    otherwise; both stay in the results.
+    """
+
+    peak = raw["peak"].get("vmhwm", raw["peak"]["ru_maxrss"])
+    used = peak - raw["before"] + raw["model_bytes"] if op == "save" else peak - raw["idle"]
+    return {**raw, "peak": peak, "ru_maxrss": raw["peak"]["ru_maxrss"], "used": used}
 
 
 def run_case(case: str, workdir: Path, profile: Dict[str, Any], args: argparse.Namespace, cold: bool) -> Dict[str, Any]:
@@ -99,7 +104,7 @@ def run_case(case: str, workdir: Path, profile: Dict[str, Any], args: argparse.N
         for op in ("save", "load"):
             _log(f"case {case}: peak memory of {name} {op}")
             raw = _worker("memory", workdir, profile, ["--case", case, "--method", name, "--op", op])
-            result["memory"].setdefault(name, {})[op] = _memory_entry(raw)
+            result["memory"].setdefault(name, {})[op] = _memory_entry(raw, op)
     return result
 
 

@@ -70,7 +70,7 @@ def _memory_checks(out: List[Check], case: str, result: Dict[str, Any], methods:
             mem = result.get("memory", {}).get(method, {}).get(op)
             if not mem:
                 continue
-            used = mem["peak"] - mem["idle"]
+            used = mem["used"]
             limit = 1.1 * mem["model_bytes"] + 100 * MB
             out.append(Check(case, f"{method} {op}: peak memory above idle", used / MB, limit / MB, " MB"))
 
