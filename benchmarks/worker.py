@@ -56,17 +56,20 @@ def _prime(nbytes: int) -> None:
     del primer
 
 
-def _selected(spec: str) -> List[str]:
+def _selected(spec: str, group: str = "all") -> List[str]:
+    r"""The methods named (``all``: every one), in table order, of a group: ``orbax``
+    (those built on orbax), ``files`` (the others) or ``all``."""
+
     from .methods import all_names
 
     names = all_names()
-    if spec == "all":
-        return names
-    wanted = spec.split(",")
+    wanted = names if spec == "all" else spec.split(",")
     unknown = [n for n in wanted if n not in names]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {names}")
-    return wanted
+    if group != "all":
+        wanted = [n for n in wanted if ("orbax" in n) == (group == "orbax")]
+    return [n for n in names if n in wanted]
 
 
 def time_case(args: argparse.Namespace) -> Dict[str, Any]:
@@ -76,7 +79,7 @@ def time_case(args: argparse.Namespace) -> Dict[str, Any]:
     from .methods import methods
 
     data, like = build(args.case, args.size), build(args.case, args.size, concrete=False)
-    chosen = methods(_selected(args.methods))
+    chosen = methods(_selected(args.methods, args.group))
     paths = {m.name: args.dir / f"{m.name}{m.suffix}" for m in chosen}
     out: Dict[str, Any] = {m.name: {"save": [], "load": []} for m in chosen}
 
@@ -102,7 +105,7 @@ def time_case(args: argparse.Namespace) -> Dict[str, Any]:
             elapsed = _timed(lambda: m.load(paths[m.name], like))
             if rep >= args.warmup:
                 out[m.name]["load"].append(elapsed)
-    return {"methods": out, "unique_bytes": unique, "flat_bytes": flat}
+    return {"methods": out, "unique_bytes": unique, "flat_bytes": flat, "order": _selected(args.methods)}
 
 
 def time_sharded(args: argparse.Namespace) -> Dict[str, Any]:
@@ -119,7 +122,7 @@ def time_sharded(args: argparse.Namespace) -> Dict[str, Any]:
     like = build(args.case, args.size, concrete=False)
     # The baseline and inox_io only: the other libraries load onto shardings no faster
     # than onto one device, and orbax takes minutes for case b.
-    chosen = [m for m in methods(_selected(args.methods)) if m.sharded and m.name != "orbax"]
+    chosen = [m for m in methods(_selected(args.methods, args.group)) if m.sharded and m.name != "orbax"]
     out: Dict[str, Any] = {m.name: {"load_sharded": []} for m in chosen}
     for rep in range(args.warmup + args.reps):
         for m in chosen:
@@ -224,6 +227,13 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--size", default="quick")
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--methods", default="all")
+    parser.add_argument(
+        "--group",
+        choices=["all", "files", "orbax"],
+        default="all",
+        help="only the methods built on orbax, or only the others: orbax leaves threads "
+        "behind that would slow the measurements that follow its own",
+    )
     parser.add_argument("--method")
     parser.add_argument("--op", choices=["save", "load"])
     parser.add_argument("--reps", type=int, default=3)

@@ -385,6 +385,11 @@ class FileReader(Reader):
             raise CheckpointError(self.path, f"cannot be read ({e})") from None
         self.manifest, self.ranges = self.parse(memoryview(self.buffer))
         self.check_ranges()
+        if isinstance(self.buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            # Parsing a msgpack file touches a page beside every array, and the kernel
+            # maps many more around each: unmapped now, they do not count twice in the
+            # memory of a load (they stay in the page cache, for the reads to come).
+            self.buffer.madvise(mmap.MADV_DONTNEED)
 
     @abc.abstractmethod
     def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
