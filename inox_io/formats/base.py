@@ -149,9 +149,8 @@ class Checksums:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
         self.pending: collections.deque = collections.deque()
 
-    def submit(self, pieces: Sequence[Piece], then: Callable[[], None] | None = None) -> None:
-        r"""Adds pieces of bytes, in order, to the checksums of their keys, then calls
-        :py:`then` in the background thread (after the pieces sent there)."""
+    def submit(self, pieces: Sequence[Piece]) -> None:
+        r"""Adds pieces of bytes, in order, to the checksums of their keys."""
 
         background = []
         for key, data in pieces:
@@ -161,14 +160,12 @@ class Checksums:
                 background.append((key, data))
             else:  # a whole small array: only a large array's first piece is large
                 self.values[key] = zlib.crc32(data, self.values.get(key, 0))
-        if background or then:
-            self.pending.append(self.pool.submit(self.update, background, then))
+        if background:
+            self.pending.append(self.pool.submit(self.update, background))
 
-    def update(self, pieces: Sequence[Piece], then: Callable[[], None] | None) -> None:
+    def update(self, pieces: Sequence[Piece]) -> None:
         for key, data in pieces:
             self.values[key] = zlib.crc32(data, self.values[key])
-        if then is not None:
-            then()
 
     def wait(self, pending: int = 0) -> None:
         r"""Waits until at most :py:`pending` jobs are left (which bounds the buffers
@@ -189,6 +186,31 @@ class Checksums:
                 self.wait()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Writeback:
+    r"""Starts writing each run of a file to disk as soon as it is written, from a
+    background thread of its own (starting it may wait for the disk queue), so that
+    the final fsync finds little left to do. A hint only: fsync makes the file durable,
+    and reports the errors.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.pool = None
+        if syscalls.writeback is not None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-writeback")
+
+    def start(self, offset: int, size: int) -> None:
+        if self.pool is not None:
+            self.pool.submit(syscalls.writeback, self.fd, offset, size)
+
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # before the file is closed; errors ignored
 
 
 class Run:
@@ -235,9 +257,8 @@ def write_payload_file(
 
     The header is written first with placeholder checksums of fixed width, the arrays
     are streamed, many per ``writev`` call and at most :data:`CHUNK_BYTES` at a time,
-    while a background thread computes their checksums and starts writing the file
-    back to disk; then the final header, of the same length, is written over the
-    placeholder.
+    while background threads compute their checksums and start writing them back to
+    disk; then the final header, of the same length, is written over the placeholder.
 
     Arguments:
         payloads: ``(prefix, key)`` pairs in file order.
@@ -247,14 +268,13 @@ def write_payload_file(
         manifest.arrays[key].crc32 = "0" * 8
     placeholder = header(manifest)
 
-    with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs:
+    with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs, Writeback(f.fd) as writeback:
 
         def flush(run: Run) -> Run:
             writev_all(f.fd, run.views)
-            # While the next run is written: this one's checksums, and its writeback
-            # started, so that the final fsync finds little left to write.
-            writeback = syscalls.writeback
-            crcs.submit(run.pieces, writeback and (lambda: writeback(f.fd, run.offset, run.size)))
+            # While the next run is written: this one's checksums and writeback.
+            crcs.submit(run.pieces)
+            writeback.start(run.offset, run.size)
             crcs.wait(pending=1)  # at most two runs alive (host copies of device arrays)
             return run.next()
 
