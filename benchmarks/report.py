@@ -6,7 +6,7 @@ __all__ = ["rows", "text_table", "markdown"]
 
 from typing import Any, Dict, List
 
-from .targets import MB, Check, median
+from .targets import MB, Check, median, ratio
 
 HEADER = [
     "case", "method", "save s", "x raw", "load s", "x raw", "load 8dev s", "x raw",
@@ -18,8 +18,8 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}" if value < 0.1 else f"{value:.3f}"
 
 
-def _ratio(value: float | None, base: float | None) -> str:
-    return "-" if value is None or not base else f"{value / base:.2f}"
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _memory(mem: Dict[str, Any] | None) -> List[str]:
@@ -30,7 +30,8 @@ def _memory(mem: Dict[str, Any] | None) -> List[str]:
 
 
 def rows(results: Dict[str, Any]) -> List[List[str]]:
-    r"""One row per case and method: medians, ratios to raw, disk and memory."""
+    r"""One row per case and method: median times, ratios to raw (see
+    :func:`benchmarks.targets.ratio`), disk bytes and peak memory."""
 
     out = []
     for case in ("a", "b", "c"):
@@ -38,7 +39,6 @@ def rows(results: Dict[str, Any]) -> List[List[str]]:
             continue
         result = results[case]
         methods = result["methods"]
-        raw = {op: median(methods.get("raw", {}).get(op)) for op in ("save", "load", "load_sharded")}
         for name, m in methods.items():
             save, load, sharded = (median(m.get(op)) for op in ("save", "load", "load_sharded"))
             disk = m.get("disk")
@@ -48,11 +48,11 @@ def rows(results: Dict[str, Any]) -> List[List[str]]:
                     case,
                     name,
                     _seconds(save),
-                    _ratio(save, raw["save"]),
+                    _ratio(ratio(methods, name, "raw", "save")),
                     _seconds(load),
-                    _ratio(load, raw["load"]),
+                    _ratio(ratio(methods, name, "raw", "load")),
                     _seconds(sharded),
-                    _ratio(sharded, raw["load_sharded"]),
+                    _ratio(ratio(methods, name, "raw", "load_sharded")),
                     "-" if disk is None else f"{disk / MB:.1f}",
                     "-" if disk is None else f"{disk / result['unique_bytes']:.3f}",
                     *_memory(memory.get("save")),

@@ -7,7 +7,7 @@ so inherits orbax's costs: it is shown, not held to these targets.
 
 from __future__ import annotations
 
-__all__ = ["Check", "check", "median"]
+__all__ = ["Check", "check", "median", "ratio"]
 
 import dataclasses
 import statistics
@@ -46,22 +46,30 @@ def median(values: List[float] | None) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _time(results: Dict[str, Any], case: str, method: str, op: str) -> float | None:
-    return median(results.get(case, {}).get("methods", {}).get(method, {}).get(op))
+def ratio(methods: Dict[str, Any], method: str, base: str, op: str) -> float | None:
+    r"""How many times as long :py:`method` takes as :py:`base` to :py:`op`.
+
+    Methods timed side by side in one process (not orbax's, see
+    :data:`benchmarks.run.GROUPS`) give the median of their repetitions' ratios: a slow
+    moment of this shared machine then slows both sides of a ratio. Otherwise, the
+    ratio of their medians.
+    """
+
+    a, b = methods.get(method, {}).get(op), methods.get(base, {}).get(op)
+    if not a or not b:
+        return None
+    if len(a) == len(b) and ("orbax" in method) == ("orbax" in base):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return statistics.median(a) / statistics.median(b)
 
 
 def _single_file(methods: Dict[str, Any]) -> List[str]:
     return [m for m in methods if m in ("inox_io-safetensors", "inox_io-msgpack")]
 
 
-def _ratio_check(out: List[Check], case: str, what: str, value: float | None, base: float | None, limit: float) -> None:
-    if value is not None and base:
-        out.append(Check(case, what, value / base, limit))
-
-
-def _speedup_check(out: List[Check], case: str, what: str, value: float | None, other: float | None, limit: float) -> None:
-    if value and other is not None:
-        out.append(Check(case, what, other / value, limit, at_least=True))
+def _ratio_check(out: List[Check], case: str, what: str, value: float | None, limit: float, at_least: bool = False) -> None:
+    if value is not None:
+        out.append(Check(case, what, value, limit, at_least=at_least))
 
 
 def _memory_checks(out: List[Check], case: str, result: Dict[str, Any], methods: List[str]) -> None:
@@ -85,15 +93,13 @@ def check(results: Dict[str, Any]) -> List[Check]:
         methods = results[case]["methods"]
         for m in _single_file(methods):
             for op in ("save", "load"):
-                value = _time(results, case, m, op)
-                raw = _time(results, case, "raw", op)
                 if case == "a":
-                    _ratio_check(out, case, f"{m} {op} / raw {op}", value, raw, 1.15)
-                    st = _time(results, case, "safetensors", op)
-                    _ratio_check(out, case, f"{m} {op} / safetensors {op}", value, st, 1.1)
+                    _ratio_check(out, case, f"{m} {op} / raw {op}", ratio(methods, m, "raw", op), 1.15)
+                    _ratio_check(out, case, f"{m} {op} / safetensors {op}", ratio(methods, m, "safetensors", op), 1.1)
                 if case == "b":
-                    _speedup_check(out, case, f"orbax {op} / {m} {op}", value, _time(results, case, "orbax", op), 20)
-                    _ratio_check(out, case, f"{m} {op} / raw {op}", value, raw, 1.5)
+                    speedup = ratio(methods, "orbax", m, op)
+                    _ratio_check(out, case, f"orbax {op} / {m} {op}", speedup, 20, at_least=True)
+                    _ratio_check(out, case, f"{m} {op} / raw {op}", ratio(methods, m, "raw", op), 1.5)
         if case == "c":
             unique = results[case]["unique_bytes"]
             for m in [m for m in methods if m.startswith("inox_io-")]:

@@ -56,6 +56,15 @@ def _prime(nbytes: int) -> None:
     del primer
 
 
+def _rotated(items: List[Any], rep: int) -> List[Any]:
+    r"""The methods in a different order at each repetition, so that none always runs
+    right after the same other one (whose leftovers, such as dirty pages or threads,
+    could slow it)."""
+
+    shift = rep % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
 def _selected(spec: str, group: str = "all") -> List[str]:
     r"""The methods named (``all``: every one), in table order, of a group: ``orbax``
     (those built on orbax), ``files`` (the others) or ``all``."""
@@ -84,7 +93,7 @@ def time_case(args: argparse.Namespace) -> Dict[str, Any]:
     out: Dict[str, Any] = {m.name: {"save": [], "load": []} for m in chosen}
 
     for rep in range(args.warmup + args.reps):
-        for m in chosen:
+        for m in _rotated(chosen, rep):
             _remove(paths[m.name])
             system.sync()  # the previous save's deletion is not this save's cost
             _prime(2 * data.flat_nbytes)
@@ -98,7 +107,7 @@ def time_case(args: argparse.Namespace) -> Dict[str, Any]:
     gc.collect()
 
     for rep in range(args.warmup + args.reps):
-        for m in chosen:
+        for m in _rotated(chosen, rep):
             if args.cold:
                 system.drop_caches()
             _prime(2 * flat)
@@ -125,7 +134,7 @@ def time_sharded(args: argparse.Namespace) -> Dict[str, Any]:
     chosen = [m for m in methods(_selected(args.methods, args.group)) if m.sharded and m.name != "orbax"]
     out: Dict[str, Any] = {m.name: {"load_sharded": []} for m in chosen}
     for rep in range(args.warmup + args.reps):
-        for m in chosen:
+        for m in _rotated(chosen, rep):
             if args.cold:
                 system.drop_caches()
             _prime(2 * like.flat_nbytes)
