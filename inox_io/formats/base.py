@@ -134,10 +134,16 @@ def host_bytes(x: Any) -> np.ndarray:
 class Checksums:
     r"""The CRC-32 of each key, computed while the caller writes or reads the next bytes.
 
-    Large pieces go to one background thread, in submission order (:func:`zlib.crc32`
+    Pieces go to one background thread, in submission order (:func:`zlib.crc32`
     releases the GIL), so that their checksums cost no time next to the I/O. Small
-    arrays are checksummed at once, in the caller's thread: handing thousands of them to
-    a thread would make it wait for the GIL after each one, longer than the checksum.
+    arrays (below :py:`inline_bytes`) are checksummed at once, in the caller's thread,
+    when the caller runs Python code between its system calls for long (placing arrays
+    with JAX, when loading): a thread checksumming thousands of small arrays would wait
+    for the GIL after each one, longer than the checksum takes.
+
+    Arguments:
+        inline_bytes: Below this, a piece that is a whole array is checksummed in the
+            caller's thread.
 
     Example:
         >>> with Checksums() as crcs:
@@ -146,10 +152,8 @@ class Checksums:
         True
     """
 
-    #: Below this, a piece that is a whole array is checksummed in the caller's thread.
-    INLINE_BYTES = 2**20
-
-    def __init__(self):
+    def __init__(self, inline_bytes: int = 0):
+        self.inline_bytes = inline_bytes
         self.values: Dict[str, int] = {}
         self.threaded: set = set()  # keys whose pieces go to the thread, to keep their order
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
@@ -160,7 +164,7 @@ class Checksums:
 
         background = []
         for key, data in pieces:
-            if key in self.threaded or len(data) >= self.INLINE_BYTES:
+            if key in self.threaded or len(data) >= self.inline_bytes:
                 self.values.setdefault(key, 0)
                 self.threaded.add(key)
                 background.append((key, data))
@@ -531,7 +535,7 @@ class FileReader(Reader):
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = [k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable]
         out: Dict[str, Any] = {}
-        with Checksums() as crcs:
+        with Checksums(inline_bytes=2**20) as crcs:
             for keys in self.runs(k for k in targets if k not in spanning):
                 out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
         problems = []
