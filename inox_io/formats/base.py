@@ -533,7 +533,7 @@ class FileReader(Reader):
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
         infos = self.manifest.arrays
         # Arrays that span processes: each process reads only its own slices, from the map.
-        spanning = [k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable]
+        spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}
         with Checksums(inline_bytes=2**20) as crcs:
             for keys in self.runs(k for k in targets if k not in spanning):
