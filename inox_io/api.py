@@ -177,6 +177,24 @@ def _check_ties(manifest: Manifest, like: PyTree) -> List[str]:
     return problems
 
 
+def report_fit(path: Path, problems: List[str], unexpected: List[str], *, strict: bool, stacklevel: int) -> None:
+    r"""Raises (strict) or warns about the ways a file does not fit ``like``.
+
+    :py:`stacklevel` counts from the caller of this function, as for :func:`warnings.warn`.
+    """
+
+    if strict:
+        problems = problems + [f"{k}: in the file but not in like" for k in unexpected]
+        if problems:
+            raise CheckpointError(path, "does not fit like:\n  " + "\n  ".join(problems))
+    elif problems or unexpected:
+        warnings.warn(
+            f"{path}: loaded partially; "
+            + "; ".join(problems + [f"{k}: in the file but not in like (ignored)" for k in unexpected]),
+            stacklevel=stacklevel + 1,
+        )
+
+
 def load(
     path: str | os.PathLike,
     like: PyTree,
@@ -261,16 +279,7 @@ def load(
         problems += [f"{p}: missing from the file" for p in missing]
         # A mismatched array is reported once, as such, not also as unexpected.
         unexpected = [key for key in manifest.arrays if key not in owners and key not in mismatched]
-        if strict:
-            problems += [f"{k}: in the file but not in like" for k in unexpected]
-            if problems:
-                raise CheckpointError(path, "does not fit like:\n  " + "\n  ".join(problems))
-        elif problems or unexpected:
-            warnings.warn(
-                f"{path}: loaded partially; "
-                + "; ".join(problems + [f"{k}: in the file but not in like (ignored)" for k in unexpected]),
-                stacklevel=2,
-            )
+        report_fit(path, problems, unexpected, strict=strict, stacklevel=2)
 
         placement = _resolve_shardings(shardings, like_leaves, owners)
         arrays = reader.load({key: Target(placement[key]) for key in owners}, verify=verify)

@@ -30,7 +30,6 @@ import collections.abc
 import jax
 import numpy as np
 import os
-import warnings
 
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
@@ -228,7 +227,7 @@ def load_named(
 ) -> PyTree:
     r""":func:`inox_io.load` with names or transforms."""
 
-    from .api import _describe, _leaf_description, _resolve_shardings
+    from .api import _describe, _leaf_description, _resolve_shardings, report_fit
 
     path = Path(path)
     fmt = format_for(path)
@@ -270,16 +269,7 @@ def load_named(
             chosen[key] = (info, view)
 
         unexpected = [k for k in reader.manifest.arrays if k not in used]
-        if strict:
-            problems += [f"{k}: in the file but not in like" for k in unexpected]
-            if problems:
-                raise CheckpointError(path, "does not fit like:\n  " + "\n  ".join(problems))
-        elif problems or unexpected:
-            warnings.warn(
-                f"{path}: loaded partially; "
-                + "; ".join(problems + [f"{k}: in the file but not in like (ignored)" for k in unexpected]),
-                stacklevel=3,
-            )
+        report_fit(path, problems, unexpected, strict=strict, stacklevel=3)
 
         owners: Dict[str, List[str]] = {}
         for position, key in sorted(positions.items(), key=lambda item: item[0] != item[1]):
