@@ -346,6 +346,12 @@ def partition(
         True
     """
 
+    if not filters and is_leaf is None:
+        # The common case, and a hot one (every save and load): the paths of a
+        # structure are computed once, then looked up by its tree definition.
+        leaves, treedef = jtu.tree_flatten(tree)
+        return treedef, dict(zip(leaf_paths(treedef), leaves))
+
     predicates = [_as_predicate(f) for f in filters]
 
     def matches(x: Any) -> bool:

@@ -29,6 +29,11 @@ DTYPES: Dict[str, np.dtype] = {name: np.dtype(name) for name in _STANDARD}
 DTYPES.update({name: np.dtype(getattr(ml_dtypes, name)) for name in _ML_DTYPES if hasattr(ml_dtypes, name)})
 
 
+#: The manifest name of each dtype, for the lookup on every array saved: NumPy computes
+#: ``dtype.name`` in Python, slower than the rest of describing an array.
+NAMES: Dict[np.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
 def is_key_dtype(dtype) -> bool:
     r"""Returns whether :py:`dtype` is a typed PRNG key dtype (``key<fry>``).
 
@@ -37,7 +42,7 @@ def is_key_dtype(dtype) -> bool:
         (True, False)
     """
 
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    return not isinstance(dtype, np.dtype) and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def dtype_name(dtype) -> str:
@@ -48,9 +53,12 @@ def dtype_name(dtype) -> str:
         ('bfloat16', 'float32')
     """
 
+    name = NAMES.get(dtype)
+    if name is not None:
+        return name
     if is_key_dtype(dtype):
         return str(dtype)
-    name = np.dtype(dtype).name
+    name = np.dtype(dtype).newbyteorder("=").name  # stored little-endian: see host_bytes
     if name not in DTYPES:
         raise TypeError(f"dtype {name} cannot be saved")
     return name

@@ -400,16 +400,17 @@ def array_info(key: str, x: Any) -> ArrayInfo:
 
     if isinstance(x, jax.ShapeDtypeStruct):
         raise TypeError(f"{key}: cannot save an abstract array ({x}); pass concrete arrays")
-    if is_key_dtype(x.dtype):
+    dtype, shape = x.dtype, tuple(x.shape)
+    if is_key_dtype(dtype):
         impl = str(jax.random.key_impl(x))
         if impl not in KEY_IMPLS:
             raise TypeError(f"{key}: PRNG key implementation {impl!r} cannot be saved")
-        return ArrayInfo(str(x.dtype), tuple(x.shape), x.size * math.prod(KEY_IMPLS[impl]) * 4, None, impl)
+        return ArrayInfo(str(dtype), shape, math.prod(shape) * math.prod(KEY_IMPLS[impl]) * 4, None, impl)
     try:
-        name = dtype_name(x.dtype)
+        name = dtype_name(dtype)
     except TypeError as e:
         raise TypeError(f"{key}: {e}") from None
-    return ArrayInfo(name, tuple(x.shape), x.size * np.dtype(x.dtype).itemsize)
+    return ArrayInfo(name, shape, math.prod(shape) * DTYPES[name].itemsize)
 
 
 def library_versions() -> Dict[str, str]:

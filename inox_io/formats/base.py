@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, syscalls, write_all, writev_all
+from ..dtypes import is_key_dtype
 from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest
 
@@ -118,7 +119,7 @@ def host_bytes(x: Any) -> np.ndarray:
     without copying when the array already lives on the host."""
 
     if isinstance(x, jax.Array):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if is_key_dtype(x.dtype):
             x = jax.random.key_data(x)
         if not x.is_fully_addressable:
             raise ValueError(
@@ -126,7 +127,9 @@ def host_bytes(x: Any) -> np.ndarray:
                 "where each process writes its own shards"
             )
     host = np.asarray(x)
-    if not host.flags.c_contiguous:
+    if not host.dtype.isnative:
+        host = host.astype(host.dtype.newbyteorder("="))  # files are little-endian
+    elif not host.flags.c_contiguous:
         host = np.ascontiguousarray(host)
     return host.reshape(-1).view(np.uint8)
 
@@ -254,10 +257,37 @@ def _chunked(view: memoryview, limit: int = CHUNK_BYTES) -> List[memoryview]:
     return [view[i : i + limit] for i in range(0, len(view), limit)]
 
 
+PLACEHOLDER_CRC = "0" * 8
+
+
+def _crc_slots(header: bytes, marker: str, count: int) -> List[int] | None:
+    r"""Where the checksums of the manifest's arrays lie in an encoded header, in the
+    manifest's order, so that the final header is the placeholder with them patched in
+    rather than encoded again (a large share of saving thousands of small arrays).
+
+    Each array's entry holds the marker once, in order; where the marker occurs more
+    often (a key or metadata containing it), the slots are unknown: None.
+
+    Example:
+        >>> _crc_slots(b'{"a":{"crc32":"00000000"},"b":{"crc32":"00000000"}}', '"crc32":"00000000"', 2)
+        [15, 40]
+    """
+
+    needle, found, start = marker.encode(), [], 0
+    digits = needle.rindex(PLACEHOLDER_CRC.encode())
+    while (start := header.find(needle, start)) >= 0:
+        found.append(start + digits)
+        start += len(needle)
+        if len(found) > count:
+            return None
+    return found if len(found) == count else None
+
+
 def write_payload_file(
     path: Path,
     manifest: Manifest,
     header: Callable[[Manifest], bytes],
+    quote: Callable[[str], str],
     payloads: Sequence[Tuple[bytes, str]],
     arrays: Mapping[str, Any],
     *,
@@ -271,12 +301,16 @@ def write_payload_file(
     disk; then the final header, of the same length, is written over the placeholder.
 
     Arguments:
+        header: Encodes the header of a manifest.
+        quote: How the header encodes the manifest's JSON text (the safetensors header
+            escapes it as a JSON string).
         payloads: ``(prefix, key)`` pairs in file order.
     """
 
     for key in manifest.arrays:
-        manifest.arrays[key].crc32 = "0" * 8
+        manifest.arrays[key].crc32 = PLACEHOLDER_CRC
     placeholder = header(manifest)
+    slots = _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
 
     with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs, Writeback(f.fd) as writeback:
 
@@ -306,7 +340,12 @@ def write_payload_file(
 
         for key in manifest.arrays:
             manifest.arrays[key].crc32 = crcs.hex(key)
-        final = header(manifest)
+        if slots is None:
+            final = header(manifest)
+        else:
+            final = bytearray(placeholder)
+            for slot, key in zip(slots, manifest.arrays):
+                final[slot : slot + 8] = manifest.arrays[key].crc32.encode()
         if len(final) != len(placeholder):
             raise AssertionError("header length changed while writing")  # checksums have a fixed width
         pwrite_all(f.fd, final, 0)

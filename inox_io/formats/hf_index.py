@@ -281,7 +281,7 @@ class HFIndexFormat(Format):
                 order = sorted(keys, key=lambda k: -manifest.arrays[k].storage_dtype.itemsize)
                 written.append(path.parent / name)
                 # overwrite=True: a crashed save may have left an unreferenced shard here.
-                write_payload_file(written[-1], shard, lambda m: header, [(b"", k) for k in order], arrays, overwrite=True)
+                write_payload_file(written[-1], shard, lambda m: header, str, [(b"", k) for k in order], arrays, overwrite=True)
                 weight_map.update({key: name for key in keys})
 
             index = {

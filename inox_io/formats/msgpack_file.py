@@ -57,7 +57,7 @@ class MsgpackFormat(Format):
             if info.nbytes >= 2**32:
                 raise ValueError(f"{key}: {info.nbytes} bytes; msgpack stores at most 4 GiB per array")
         payloads = [(msgpack.packb(key) + bin_header(info.nbytes), key) for key, info in manifest.arrays.items()]
-        write_payload_file(path, manifest, encode_header, payloads, arrays, overwrite=overwrite)
+        write_payload_file(path, manifest, encode_header, str, payloads, arrays, overwrite=overwrite)
 
     def open(self, path: Path) -> MsgpackReader:
         return MsgpackReader(path)

@@ -92,6 +92,7 @@ class SafetensorsFormat(Format):
             path,
             manifest,
             lambda m: encode_header(m, ranges, extra),
+            lambda text: json.dumps(text)[1:-1],
             [(b"", key) for key in ranges],
             arrays,
             overwrite=overwrite,

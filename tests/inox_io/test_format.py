@@ -688,3 +688,28 @@ def test_no_pickle_in_sources():
             elif isinstance(node, ast.keyword) and node.arg == "allow_pickle":
                 found.append(f"{file}: allow_pickle")
     assert not found, found
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".msgpack"])
+def test_checksums_right_when_keys_and_metadata_hold_the_checksum_marker(tmp_path, suffix):
+    # The final header patches the checksums into the placeholder header; a key or a
+    # metadata value that looks like a checksum field must not receive one.
+    marker = '"crc32":"00000000"'
+    tree = {marker: jnp.arange(3.0), "b": jnp.ones(2)}
+    path = tmp_path / f"m{suffix}"
+    inox_io.save(path, tree, metadata={"crc32": "00000000", "note": marker})
+    manifest = inox_io.verify(path)
+    assert manifest.metadata == {"crc32": "00000000", "note": marker}
+    assert all(info.crc32 != "00000000" for info in manifest.arrays.values())
+    restored = inox_io.load(path, tree)
+    assert all(np.array_equal(restored[k], tree[k]) for k in tree)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".msgpack"])
+def test_big_endian_numpy_arrays_are_stored_little_endian(tmp_path, suffix):
+    x = np.arange(6, dtype=">f4").reshape(2, 3)
+    path = tmp_path / f"be{suffix}"
+    manifest = inox_io.save(path, {"x": x})
+    assert manifest.arrays["['x']"].dtype == "float32"
+    restored = inox_io.load(path, {"x": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
+    np.testing.assert_array_equal(np.asarray(restored["x"]), x.astype("<f4"))
