@@ -110,8 +110,14 @@ def is_json(x: Any) -> bool:
     return False
 
 
-def _host_copy(x: Any) -> Any:
-    r"""A copy of an array that nothing the caller does later can change."""
+def _on_cpu(x: jax.Array) -> bool:
+    return all(device.platform == "cpu" for device in x.sharding.device_set)
+
+
+def _host_array(x: Any) -> Any:
+    r"""The values of an array, on the host, that nothing the caller does later can
+    change: in-place writes to a NumPy array, donating a JAX array to a jitted call, or
+    deleting it."""
 
     if isinstance(x, jax.Array):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -120,8 +126,18 @@ def _host_copy(x: Any) -> Any:
             # Cannot be gathered here; a jax.Array is immutable, and a directory format
             # writes each process' shards.
             return x
-    # A copy even for jax.Array: on CPU, np.asarray may alias a buffer that a donating
-    # jit call would then reuse. NumPy arrays may be mutated in place by the caller.
+        if _on_cpu(x):
+            # No copy (1 GiB would block the caller ~0.2 s): a jax.Array is immutable,
+            # and the read-only view np.asarray returns holds an external reference to
+            # its buffer. While it does, XLA's CPU client runs a jit call that donates
+            # the buffer without donating it (on purpose, for such holders), and
+            # x.delete() leaves the memory to the view. Sharded arrays are gathered
+            # into a fresh buffer instead.
+            return np.asarray(x)
+        # Not on CPU: the transfer copies anyway, and a view held here (of pinned host
+        # memory) would make the caller's next donating jit call fail, as XLA's other
+        # clients refuse to donate a buffer with an external reference.
+    # NumPy arrays may be mutated in place by the caller.
     return np.array(x, copy=True)
 
 
@@ -172,9 +188,13 @@ class CheckpointManager:
 
     Each :meth:`save` writes a step directory holding one checkpoint per item; it
     appears only once complete (atomic rename). With :py:`async_save`, :meth:`save`
-    returns once the arrays are copied to the host, and the files are written by a
+    returns once it holds a snapshot of the arrays, and the files are written by a
     background thread: later changes to the caller's arrays (in-place NumPy writes,
-    donated or deleted JAX buffers) cannot change what is written. An error of a
+    donated or deleted JAX buffers) cannot change what is written. NumPy arrays and
+    arrays on accelerators are copied to the host; JAX arrays on the CPU, being
+    immutable, are not copied but held until written: while the save is in flight,
+    a jitted call that donates them does not reuse their memory (it runs without
+    donating them), and deleting them frees it only once written. An error of a
     background save is raised by the next call of :meth:`save`,
     :meth:`wait_until_finished`, :meth:`restore` or :meth:`close`.
 
@@ -397,8 +417,9 @@ class CheckpointManager:
         r"""Saves a step, if :py:`force` or :meth:`should_save`.
 
         Waits for the previous save to finish (one save is in flight at a time, which
-        bounds the host memory used), copies the arrays to the host, then writes, in
-        the background with :py:`async_save`.
+        bounds the host memory used), takes a snapshot of the arrays (see
+        :class:`CheckpointManager`), then writes, in the background with
+        :py:`async_save`.
 
         Arguments:
             step: A non-negative step number, not already saved.
@@ -461,9 +482,14 @@ class CheckpointManager:
         spanning = any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in arrays.values())
         fmt = _format_named(self.item_format or ("orbax" if spanning else "safetensors"))
         for x in arrays.values():
-            if isinstance(x, jax.Array) and x.is_fully_addressable and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            if (
+                isinstance(x, jax.Array)
+                and x.is_fully_addressable
+                and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                and not _on_cpu(x)
+            ):
                 x.copy_to_host_async()  # all transfers at once, then one copy each
-        return _Item(name, fmt=fmt, manifest=manifest, arrays={k: _host_copy(x) for k, x in arrays.items()})
+        return _Item(name, fmt=fmt, manifest=manifest, arrays={k: _host_array(x) for k, x in arrays.items()})
 
     def _background(self, step: int, snapshot: List[_Item], metrics: Dict[str, Any] | None) -> None:
         try:
@@ -483,7 +509,7 @@ class CheckpointManager:
                     continue
                 path = item.path(temp)
                 item.fmt.write(path, item.manifest, item.arrays, overwrite=False)
-                item.arrays = None  # frees the host copy early
+                item.arrays = None  # frees the snapshot early (host copies, held CPU buffers)
                 if format_for(path) is not item.fmt:
                     raise ValueError(f"{path}: written as {item.fmt.name} but would not be read back as such")
                 items[item.name] = {"file": path.name, "format": item.fmt.name}

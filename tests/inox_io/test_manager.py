@@ -1,6 +1,7 @@
 r"""Tests of inox_io.CheckpointManager: atomic steps, cleanup, retention, asynchronous
 saves, locking and concurrent readers."""
 
+import functools
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from inox_io import CheckpointError, CheckpointManager
 from inox_io.atomic import TEMP_PREFIX
 from inox_io.formats import FORMATS
 from inox_io.formats.safetensors_file import SafetensorsFormat
-from inox_io.manager import LOCK_FILE, METADATA_FILE, DirectoryLockedError
+from inox_io.manager import LOCK_FILE, METADATA_FILE, DirectoryLockedError, _host_array
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,6 +177,105 @@ def test_async_save_is_a_snapshot(tmp_path, gate):
     np.testing.assert_array_equal(restored["w"]["w"], [0, 1, 2, 3])
     np.testing.assert_array_equal(restored["w"]["d"], [1, 2, 3])
     assert restored["data"] == {"offset": 1}
+
+
+cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="JAX arrays on the CPU are held, not copied")
+
+
+def snapshot_tree():
+    r"""Arrays of every kind the snapshot treats apart, their values all distinct from
+    what :func:`overwrite` and the garbage of the tests below write."""
+
+    mesh = jax.make_mesh((8,), ("data",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    big = jnp.arange(1 << 18, dtype=jnp.float32) + 1  # 1 MiB, allocated apart
+    return {
+        "f32": big,
+        "bf16": (jnp.arange(96, dtype=jnp.float32) / 8 + 1).astype(jnp.bfloat16).reshape(8, 12),
+        "i32": jnp.arange(10, dtype=jnp.int32) + 100,
+        "split": jax.device_put(jnp.arange(64.0).reshape(16, 4) + 1, split),  # gathered
+        "replicated": jax.device_put(jnp.arange(5.0) + 1, replicated),
+        "key": jax.random.key(7),
+    }
+
+
+def host_values(tree):
+    return {
+        k: np.array(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        for k, x in tree.items()
+    }
+
+
+def restored_values(manager):
+    like = {"state": {k: jnp.zeros_like(x) if k != "key" else jax.random.key(0) for k, x in snapshot_tree().items()}}
+    return host_values(manager.restore(like=like)["state"])
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def overwrite(tree):
+    r"""A training step that writes its output over its (donated) input when it may."""
+
+    return {
+        k: jax.random.fold_in(x, 1) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x * 0 - 7
+        for k, x in tree.items()
+    }
+
+
+@cpu_only
+def test_overwrite_reuses_donated_memory():
+    # Else the donation test below would prove nothing.
+    x = snapshot_tree()["f32"]
+    pointer = x.unsafe_buffer_pointer()
+    y = overwrite({"f32": x})["f32"]
+    assert x.is_deleted() and y.unsafe_buffer_pointer() == pointer
+
+
+def test_async_save_survives_donation(tmp_path, gate):
+    started, release = gate
+    tree = snapshot_tree()
+    expected = host_values(tree)
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(1, {"state": tree})
+        assert started.wait(10)
+        # The caller's next steps, donating the arrays just saved, before the write.
+        for _ in range(3):
+            tree = overwrite(tree)
+        jax.block_until_ready(tree)
+        assert (np.asarray(tree["f32"]) == -7).all()
+        release.set()
+        manager.wait_until_finished()
+        restored = restored_values(manager)
+    for k in expected:
+        np.testing.assert_array_equal(restored[k], expected[k], err_msg=k)
+
+
+def test_async_save_survives_delete(tmp_path, gate):
+    started, release = gate
+    tree = snapshot_tree()
+    expected = host_values(tree)
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(1, {"state": tree})
+        assert started.wait(10)
+        for x in tree.values():
+            x.delete()
+        del tree
+        # Allocations that would take the freed memory, and fill it with garbage.
+        garbage = [jnp.full(1 << 18, -1.0) for _ in range(16)]
+        jax.block_until_ready(garbage)
+        release.set()
+        manager.wait_until_finished()
+        restored = restored_values(manager)
+    for k in expected:
+        np.testing.assert_array_equal(restored[k], expected[k], err_msg=k)
+
+
+@cpu_only
+def test_snapshot_copies_only_what_may_change():
+    x = jnp.arange(1000.0)  # on the CPU: held, not copied
+    assert np.shares_memory(_host_array(x), np.asarray(x))
+    w = np.arange(1000.0)  # mutable: copied
+    assert not np.shares_memory(_host_array(w), w)
 
 
 def test_sync_save(tmp_path):
