@@ -20,6 +20,10 @@ from inox.tree import find_duplicates, prepr
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
+# The spec's model lives in tests/inox_io/models.py, shared with the inox_io tests.
+sys.path.insert(0, str(ROOT / "tests" / "inox_io"))
+from models import WeightSharingMLP, assert_tied  # noqa: E402
+
 # The block printed by the seed example of the spec, character for character.
 SEED_OUTPUT = """{
   '.l1.value.bias.value': float32[64],
@@ -35,32 +39,6 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
-
-
-class WeightSharingMLP(nn.Scope):
-    r"""The seed model of the spec, with a configurable width to keep tests fast."""
-
-    def __init__(self, key, features: int = 64):
-        keys = jax.random.split(key, 3)
-
-        self.l1 = nn.Linear(in_features=features, out_features=features, key=keys[0])
-        self.l3 = nn.Linear(in_features=features, out_features=features, key=keys[1])
-        self.l4 = nn.Linear(in_features=features, out_features=features, key=keys[2])
-
-        self.l1 = nn.Reference("l1", self.l1)
-        self.l2 = self.l1  # tied layer
-        self.l3.weight = nn.Reference("l3.weight", self.l3.weight)
-        self.l4.weight = self.l3.weight  # tied parameter
-
-        self.relu = nn.ReLU()
-
-    def __call__(self, x):
-        x = self.l1(x)
-        x = self.l2(self.relu(x))
-        x = self.l3(self.relu(x))
-        x = self.l4(self.relu(x))
-
-        return x
 
 
 class UntiedMLP(nn.Module):
@@ -100,10 +78,10 @@ def model():
     return WeightSharingMLP(jax.random.key(0), features=8)
 
 
-def assert_tied(m):
-    assert isinstance(m.l1, nn.Reference) and isinstance(m.l3.weight, nn.Reference)
-    assert m.l1 is m.l2
-    assert m.l3.weight is m.l4.weight
+def is_tied(m) -> bool:
+    r"""Both ties, as a value: for checks inside traced functions."""
+
+    return m.l1 is m.l2 and m.l3.weight is m.l4.weight
 
 
 # The spec's examples
@@ -207,7 +185,7 @@ def _jit_argument(m):
 
     @jax.jit
     def f(m):
-        seen.append(m.l1 is m.l2 and m.l3.weight is m.l4.weight)
+        seen.append(is_tied(m))
         return m(jnp.ones(8))
 
     f(m)
@@ -227,7 +205,7 @@ def _grad(m):
     seen = []
 
     def loss(m):
-        seen.append(m.l1 is m.l2 and m.l3.weight is m.l4.weight)
+        seen.append(is_tied(m))
         return jnp.sum(m(jnp.ones(8)) ** 2)
 
     grads = jax.grad(loss)(m)
@@ -239,7 +217,7 @@ def _vmap_none(m):
     seen = []
 
     def f(m, x):
-        seen.append(m.l1 is m.l2 and m.l3.weight is m.l4.weight)
+        seen.append(is_tied(m))
         return m(x), m
 
     y, out = jax.vmap(f, in_axes=(None, 0), out_axes=(0, None))(m, jnp.ones((3, 8)))
@@ -289,7 +267,7 @@ def test_identity_through_vmap_over_stacked_models():
     seen = []
 
     def f(m, x):
-        seen.append(m.l1 is m.l2 and m.l3.weight is m.l4.weight)
+        seen.append(is_tied(m))
         return m(x), jax.tree.map(lambda w: -w, m)
 
     x = jax.random.normal(jax.random.key(5), (3, 8))

@@ -1,4 +1,7 @@
-r"""Models shared by the inox_io tests and by ``fixtures/make_fixtures.py``.
+r"""Models shared by the tests and by ``fixtures/make_fixtures.py``, imported as
+``models``: pytest puts this folder on ``sys.path`` for the tests here, and
+``tests/inox/test_share.py`` and ``fixtures/make_fixtures.py`` put it there themselves
+(``multihost_worker.py``, run as a script from here, finds it as ``sys.path[0]``).
 
 The committed fixtures are made from these functions, and the fixture tests rebuild
 them to check the values read back: changing a function here means regenerating the
@@ -18,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "WeightSharingMLP",
     "UntiedMLP",
+    "assert_tied",
     "seed_model",
     "dtype_zoo",
     "x64_arrays",
@@ -85,6 +89,20 @@ class UntiedMLP(nn.Scope):
         self.l3 = nn.Linear(in_features=features, out_features=features, key=keys[2])
         self.l4 = nn.Linear(in_features=features, out_features=features, key=keys[3])
         self.relu = nn.ReLU()
+
+
+def assert_tied(model: Any) -> None:
+    r"""Asserts the two ties of a :class:`WeightSharingMLP`, or of a tree built like one
+    (transformed, restored, abstract): ``l2`` is ``l1`` and ``l4.weight`` is ``l3.weight``,
+    both held by references.
+
+    Example:
+        >>> assert_tied(WeightSharingMLP(jax.random.key(0), features=4))
+    """
+
+    assert isinstance(model.l1, nn.Reference) and isinstance(model.l3.weight, nn.Reference)
+    assert model.l1 is model.l2
+    assert model.l3.weight is model.l4.weight
 
 
 def seed_model() -> WeightSharingMLP:

@@ -4,11 +4,12 @@ Usage:
     python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT DIRECTORY
 
 Each process has 2 CPU devices (the test sets ``XLA_FLAGS``); together they form a
-mesh of 4. The worker saves a tied model sharded over all 4 devices to an orbax
-directory, restores it onto another mesh and spec, and checks ties, values, placement
-and that no process holds another's shards. It also loads a safetensors file (written
-by process 0 from its local copy) onto the global sharding, and checks that saving a
-global array to a single file fails clearly. It prints ``WORKER OK <id>`` at the end.
+mesh of 4. The worker saves the spec's tied model (``models.WeightSharingMLP``)
+sharded over all 4 devices to an orbax directory, restores it onto another mesh and
+spec, and checks ties, values, placement and that no process holds another's shards.
+It also loads a safetensors file (written by process 0 from its local copy) onto the
+global sharding, and checks that saving a global array to a single file fails clearly.
+It prints ``WORKER OK <id>`` at the end.
 """
 
 from __future__ import annotations
@@ -23,23 +24,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pathlib import Path
 
-import inox.nn as nn
 import inox_io
 
+from models import WeightSharingMLP, assert_tied  # this folder: sys.path[0] when run as a script
+
 FEATURES = 8
-
-
-class TiedMLP(nn.Scope):
-    r"""``l2`` is ``l1``; ``l4.weight`` is ``l3.weight``."""
-
-    def __init__(self, key: jax.Array):
-        keys = jax.random.split(key, 3)
-        self.l1 = nn.Reference("l1", nn.Linear(FEATURES, FEATURES, key=keys[0]))
-        self.l2 = self.l1
-        self.l3 = nn.Linear(FEATURES, FEATURES, key=keys[1])
-        self.l4 = nn.Linear(FEATURES, FEATURES, key=keys[2])
-        self.l3.weight = nn.Reference("l3.weight", self.l3.weight)
-        self.l4.weight = self.l3.weight
 
 
 def spec(leaf, *axes) -> P:
@@ -60,9 +49,7 @@ def globalize(tree, mesh: Mesh, *axes):
 
 
 def check(restored, expected, *, fully_addressable: bool) -> None:
-    assert restored.l1 is restored.l2
-    assert restored.l3.weight is restored.l4.weight
-    assert restored.l3.weight.value.value is restored.l4.weight.value.value
+    assert_tied(restored)
 
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
         assert got.is_fully_addressable == fully_addressable, got.sharding
@@ -82,12 +69,13 @@ def main(process_id: int, num_processes: int, port: int, directory: Path) -> Non
     )
     assert jax.process_count() == num_processes and jax.device_count() == 2 * num_processes
 
-    local = TiedMLP(jax.random.key(0))  # the same values on every process
+    local = WeightSharingMLP(jax.random.key(0), features=FEATURES)  # the same values on every process
     expected = jax.tree.map(np.asarray, local)
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     model = globalize(local, mesh, "x", None)
-    assert model.l1 is model.l2 and not model.l1.weight.value.is_fully_addressable
+    assert_tied(model)
+    assert not model.l1.weight.value.is_fully_addressable
 
     # Orbax directory: each process writes its shards; the manifest once.
     path = directory / "ckpt"

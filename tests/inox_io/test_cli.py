@@ -16,41 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import inox.nn as nn
 import inox_io
 
 from inox_io.cli import ProgressBar, human_size, main
 
+from models import assert_tied, seed_model
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class WeightSharingMLP(nn.Scope):
-    r"""The spec's seed model: l2 is l1, and l4's weight is l3's."""
-
-    def __init__(self, key):
-        keys = jax.random.split(key, 3)
-
-        self.l1 = nn.Linear(in_features=64, out_features=64, key=keys[0])
-        self.l3 = nn.Linear(in_features=64, out_features=64, key=keys[1])
-        self.l4 = nn.Linear(in_features=64, out_features=64, key=keys[2])
-
-        self.l1 = nn.Reference("l1", self.l1)
-        self.l2 = self.l1  # tied layer
-        self.l3.weight = nn.Reference("l3.weight", self.l3.weight)
-        self.l4.weight = self.l3.weight  # tied parameter
-
-        self.relu = nn.ReLU()
-
-    def __call__(self, x):
-        x = self.l1(x)
-        x = self.l2(self.relu(x))
-        x = self.l3(self.relu(x))
-        return self.l4(self.relu(x))
 
 
 @pytest.fixture(scope="module")
 def model():
-    return WeightSharingMLP(jax.random.key(0))
+    return seed_model()
 
 
 @pytest.fixture
@@ -168,11 +145,10 @@ def test_convert_roundtrip(seed, tmp_path, model, capsys):
     assert "to " + str(packed) + " (msgpack): 5 arrays, 32.8 KiB, 2 ties kept" in out
 
     assert inox_io.inspect(back).to_json() == inox_io.inspect(seed).to_json()
-    like = inox_io.abstract(WeightSharingMLP, jax.random.key(0))
+    like = inox_io.abstract(seed_model)
     for path in (packed, back):
         restored = inox_io.load(path, like)
-        assert restored.l1 is restored.l2
-        assert restored.l3.weight.value is restored.l4.weight.value
+        assert_tied(restored)
         assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restored, model)))
 
 
