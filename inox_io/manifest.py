@@ -35,6 +35,8 @@ import jax.tree_util as jtu
 import math
 import numpy as np
 import platform
+import re
+import reprlib
 import warnings
 
 from typing import Any, Dict, Hashable, List, Mapping, Tuple
@@ -191,7 +193,9 @@ class Manifest:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         except (ValueError, RecursionError, UnicodeDecodeError) as e:
             fail(f"not valid JSON ({e})")
-        if _depth(data) > MAX_JSON_DEPTH:
+        # The array entries are left out: their fields are checked one by one (and
+        # described with reprlib, which bounds depth), and they are thousands.
+        if _depth(data if not isinstance(data, dict) else {k: v for k, v in data.items() if k != "arrays"}) > MAX_JSON_DEPTH:
             fail(f"nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             fail(f"format {FORMAT!r} expected")
@@ -253,11 +257,13 @@ def _below(keys: List[str], head: str) -> List[str]:
 
 
 def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
 
 
@@ -281,35 +287,40 @@ def _expect(data: Dict, name: str, kind: type, fail) -> Any:
 
 
 def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
-    if not isinstance(entry, dict):
+    if type(entry) is not dict:
         fail("an object expected", key=key)
     dtype, shape, nbytes = entry.get("dtype"), entry.get("shape"), entry.get("nbytes")
-    crc, impl = entry.get("crc32"), entry.get("key_impl")
-    if "crc32" not in entry:
+    crc, impl = entry.get("crc32", _ABSENT), entry.get("key_impl")
+    if crc is _ABSENT:
         # Required, null or not: a damaged field name must not turn the check off.
         fail("no crc32 field (null where there is no checksum)", key=key)
 
-    # isinstance first: a list or an object is unhashable, and "in" would raise TypeError.
-    if impl is not None and (not isinstance(impl, str) or impl not in KEY_IMPLS):
-        fail(f"unknown PRNG key implementation {impl!r}", key=key)
-    if not isinstance(dtype, str) or (impl is None and dtype not in DTYPES):
-        fail(f"unknown dtype {dtype!r}", key=key)
+    # type() first: a list or an object is unhashable, and "in" would raise TypeError.
+    if impl is not None and (type(impl) is not str or impl not in KEY_IMPLS):
+        fail(f"unknown PRNG key implementation {reprlib.repr(impl)}", key=key)
+    if type(dtype) is not str or (impl is None and dtype not in DTYPES):
+        fail(f"unknown dtype {reprlib.repr(dtype)}", key=key)
     if impl is not None and dtype != KEY_DTYPES[impl]:
         # Else an int64 entry with a key_impl would match an int64 like and load as keys.
         fail(f"dtype {dtype!r} for {impl} keys, {KEY_DTYPES[impl]!r} expected", key=key)
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        fail(f"shape {shape!r}: a list of non-negative integers expected", key=key)
-    if crc is not None and not (isinstance(crc, str) and len(crc) == 8 and all(c in "0123456789abcdef" for c in crc)):
-        fail(f"crc32 {crc!r}: 8 hexadecimal digits expected", key=key)
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        fail(f"shape {reprlib.repr(shape)}: a list of non-negative integers expected", key=key)
+    if crc is not None and not (type(crc) is str and _HEX8.fullmatch(crc)):
+        fail(f"crc32 {reprlib.repr(crc)}: 8 hexadecimal digits expected", key=key)
 
     info = ArrayInfo(dtype, tuple(shape), nbytes, crc, impl)
-    problem = shape_problem(info.storage_shape, info.storage_dtype.itemsize)
+    storage_shape, itemsize = info.storage_shape, info.storage_dtype.itemsize
+    problem = shape_problem(storage_shape, itemsize)
     if problem:
         fail(problem, key=key)
-    expected = math.prod(info.storage_shape) * info.storage_dtype.itemsize
+    expected = math.prod(storage_shape) * itemsize
     if type(nbytes) is not int or nbytes != expected:
-        fail(f"nbytes {nbytes!r} does not match dtype {dtype} and shape {tuple(shape)} ({expected})", key=key)
+        fail(f"nbytes {reprlib.repr(nbytes)} does not match dtype {dtype} and shape {tuple(shape)} ({expected})", key=key)
     return info
+
+
+_ABSENT = object()
+_HEX8 = re.compile("[0-9a-f]{8}")
 
 
 def shape_problem(shape: Tuple[int, ...], itemsize: int) -> str | None:
@@ -325,7 +336,8 @@ def shape_problem(shape: Tuple[int, ...], itemsize: int) -> str | None:
 
     if len(shape) > MAX_NDIM:
         return f"shape of {len(shape)} dimensions, more than the {MAX_NDIM} allowed"
-    if math.prod(d for d in shape if d) * itemsize > MAX_ARRAY_BYTES:
+    size = math.prod(shape) or math.prod(d for d in shape if d)
+    if size * itemsize > MAX_ARRAY_BYTES:
         return f"shape {tuple(shape)}: larger than any array can be"
     return None
 

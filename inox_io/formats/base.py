@@ -22,7 +22,6 @@ import math
 import mmap
 import numpy as np
 import os
-import zlib
 
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
@@ -31,6 +30,11 @@ from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, syscalls, write_all, w
 from ..dtypes import is_key_dtype
 from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest
+
+try:  # the same function as zlib's, several times faster (SIMD)
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover
+    from zlib import crc32
 
 #: Bytes per write call and per checksum job: large enough that a call's cost is
 #: nothing next to its copy, small enough that checksums and writeback overlap the
@@ -41,6 +45,10 @@ CHUNK_BYTES = 8 * 2**20
 #: its readahead window) at a time, and waits for the disk at each new call; 8 MiB
 #: requests read a cold file ~15% slower than 64 MiB ones.
 READ_CHUNK_BYTES = 64 * 2**20
+
+#: Bytes of small arrays read and placed together: small enough that the disk, asked to
+#: read ahead (:class:`Prefetch`), reads the next run while this one is checked and placed.
+RUN_BYTES = 8 * 2**20
 
 #: Bytes between two arrays (msgpack keys) read into a scratch buffer rather than
 #: splitting a run of arrays read together.
@@ -137,7 +145,7 @@ def host_bytes(x: Any) -> np.ndarray:
 class Checksums:
     r"""The CRC-32 of each key, computed while the caller writes or reads the next bytes.
 
-    Pieces go to one background thread, in submission order (:func:`zlib.crc32`
+    Pieces go to one background thread, in submission order (:func:`crc32`
     releases the GIL), so that their checksums cost no time next to the I/O. Small
     arrays (below :py:`inline_bytes`) are checksummed at once, in the caller's thread,
     when the caller runs Python code between its system calls for long (placing arrays
@@ -151,7 +159,7 @@ class Checksums:
     Example:
         >>> with Checksums() as crcs:
         ...     crcs.submit([('a', memoryview(b'hello ')), ('a', memoryview(b'world'))])
-        >>> crcs.hex('a') == f"{zlib.crc32(b'hello world'):08x}"
+        >>> crcs.hex('a') == f"{crc32(b'hello world'):08x}"
         True
     """
 
@@ -172,13 +180,13 @@ class Checksums:
                 self.threaded.add(key)
                 background.append((key, data))
             else:  # a whole small array: only a large array's first piece is large
-                self.values[key] = zlib.crc32(data, self.values.get(key, 0))
+                self.values[key] = crc32(data, self.values.get(key, 0))
         if background:
             self.pending.append(self.pool.submit(self.update, background))
 
     def update(self, pieces: Sequence[Piece]) -> None:
         for key, data in pieces:
-            self.values[key] = zlib.crc32(data, self.values[key])
+            self.values[key] = crc32(data, self.values[key])
 
     def wait(self, pending: int = 0) -> None:
         r"""Waits until at most :py:`pending` jobs are left (which bounds the buffers
@@ -224,6 +232,31 @@ class Writeback:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)  # before the file is closed; errors ignored
+
+
+class Prefetch:
+    r"""Asks the kernel, from a background thread, to start reading byte ranges of a
+    file into the page cache, so that the disk keeps reading while the caller checks
+    and places what it has read, instead of waiting for it at each read call. A hint
+    only (``posix_fadvise``): the reads themselves report the errors.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.pool = None
+        if hasattr(os, "posix_fadvise"):
+            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-prefetch")
+
+    def start(self, begin: int, end: int) -> None:
+        if self.pool is not None:
+            self.pool.submit(os.posix_fadvise, self.fd, begin, end - begin, os.POSIX_FADV_WILLNEED)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # before the file is closed
 
 
 class Run:
@@ -452,13 +485,11 @@ class FileReader(Reader):
             raise
         except OSError as e:
             raise CheckpointError(self.path, f"cannot be read ({e})") from None
+        #: The bytes a format stores right before an array (msgpack: its key), checked
+        #: whenever the array is read.
+        self.prefixes: Dict[str, bytes] = {}
         self.manifest, self.ranges = self.parse(memoryview(self.buffer))
         self.check_ranges()
-        if isinstance(self.buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-            # Parsing a msgpack file touches a page beside every array, and the kernel
-            # maps many more around each: unmapped now, they do not count twice in the
-            # memory of a load (they stay in the page cache, for the reads to come).
-            self.buffer.madvise(mmap.MADV_DONTNEED)
 
     @abc.abstractmethod
     def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
@@ -487,7 +518,21 @@ class FileReader(Reader):
             if begin < end:
                 self.fail(f"bytes overlap those of {other}", key=key)
 
+    def check_prefix(self, key: str, found: bytes | memoryview) -> None:
+        expected = self.prefixes.get(key, b"")
+        if found != expected:
+            self.fail(
+                f"the {len(expected)} bytes before the array are {bytes(found)[:40]!r}, {expected[:40]!r} expected "
+                "(damaged, or not laid out as inox_io writes)",
+                key=key,
+            )
+
+    def mapped_prefix(self, key: str) -> memoryview:
+        begin = self.ranges[key][0]
+        return memoryview(self.buffer)[begin - len(self.prefixes.get(key, b"")) : begin]
+
     def host(self, key: str) -> np.ndarray:
+        self.check_prefix(key, self.mapped_prefix(key))
         info = self.manifest.arrays[key]
         begin, end = self.ranges[key]
         dtype = info.storage_dtype
@@ -495,8 +540,9 @@ class FileReader(Reader):
         return flat.reshape(info.storage_shape)
 
     def checksum(self, key: str) -> str:
+        self.check_prefix(key, self.mapped_prefix(key))
         begin, end = self.ranges[key]
-        return f"{zlib.crc32(memoryview(self.buffer)[begin:end]):08x}"
+        return f"{crc32(memoryview(self.buffer)[begin:end]):08x}"
 
     def verify(self, keys: Iterable[str] | None = None) -> List[str]:
         problems = []
@@ -508,14 +554,14 @@ class FileReader(Reader):
 
     def runs(self, keys: Iterable[str]) -> List[List[str]]:
         r"""Keys in file order, grouped into runs that are read together and placed
-        together: at most :data:`READ_CHUNK_BYTES` (or one larger array), with at most
+        together: at most :data:`RUN_BYTES` (or one larger array), with at most
         :data:`MAX_GAP_BYTES` between two arrays."""
 
         out: List[List[str]] = []
         size = end = 0
         for key in sorted(keys, key=lambda k: self.ranges[k]):
             begin, stop = self.ranges[key]
-            if not out or size + stop - begin > READ_CHUNK_BYTES or begin - end > MAX_GAP_BYTES:
+            if not out or size + stop - begin > RUN_BYTES or begin - end > MAX_GAP_BYTES:
                 out.append([])
                 size = 0
             out[-1].append(key)
@@ -535,19 +581,25 @@ class FileReader(Reader):
             return run.next()
 
         hosts: Dict[str, np.ndarray] = {}
+        prefixes: List[Tuple[str, memoryview]] = []  # the bytes read before each array
         scratch = None  # receives the bytes between arrays
-        run = Run(self.ranges[keys[0]][0])
+        run = Run(self.ranges[keys[0]][0] - len(self.prefixes.get(keys[0], b"")))
         for key in keys:
             info = self.manifest.arrays[key]
             begin, end = self.ranges[key]
-            if begin > run.offset + run.size:
+            prefix = len(self.prefixes.get(key, b""))
+            position = run.offset + run.size
+            if begin - prefix > position:
                 scratch = scratch or memoryview(bytearray(MAX_GAP_BYTES))
-                run.add(scratch[: begin - run.offset - run.size])
-            elif begin < run.offset + run.size:  # an empty array where the previous one starts
+                run.add(scratch[: begin - prefix - position])
+            elif begin - prefix < position:  # an empty array where the previous one starts
                 hosts[key] = np.empty(info.storage_shape, info.storage_dtype)
                 if crcs is not None:
                     crcs.submit([(key, memoryview(b""))])
                 continue
+            if prefix:
+                prefixes.append((key, memoryview(bytearray(prefix))))
+                run.add(prefixes[-1][1])
             buffer = _aligned_empty(end - begin)
             hosts[key] = buffer.view(info.storage_dtype).reshape(info.storage_shape)
             for view in _chunked(memoryview(buffer), READ_CHUNK_BYTES):
@@ -555,6 +607,8 @@ class FileReader(Reader):
                 if run.full(READ_CHUNK_BYTES):
                     run = flush(run)
         flush(run)
+        for key, found in prefixes:
+            self.check_prefix(key, found)
         return hosts
 
     def fill(self, views: List[memoryview], offset: int) -> int:
@@ -574,8 +628,11 @@ class FileReader(Reader):
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}
-        with Checksums(inline_bytes=2**20) as crcs:
-            for keys in self.runs(k for k in targets if k not in spanning):
+        runs = self.runs(k for k in targets if k not in spanning)
+        with Checksums(inline_bytes=2**20) as crcs, Prefetch(self.file.fileno()) as prefetch:
+            for keys in runs:
+                prefetch.start(self.ranges[keys[0]][0], self.ranges[keys[-1]][1])
+            for keys in runs:
                 out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
         problems = []
         if verify:

@@ -26,6 +26,8 @@ ARRAYS = "arrays"
 
 
 def bin_header(n: int) -> bytes:
+    if n >= 2**32:
+        raise ValueError(f"{n} bytes; msgpack stores at most 4 GiB per array")
     if n < 2**8:
         return struct.pack(">BB", 0xC4, n)
     if n < 2**16:
@@ -53,17 +55,30 @@ class MsgpackFormat(Format):
         return path.suffix == ".msgpack"
 
     def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+        payloads = []
         for key, info in manifest.arrays.items():
-            if info.nbytes >= 2**32:
-                raise ValueError(f"{key}: {info.nbytes} bytes; msgpack stores at most 4 GiB per array")
-        payloads = [(msgpack.packb(key) + bin_header(info.nbytes), key) for key, info in manifest.arrays.items()]
+            try:
+                payloads.append((entry_prefix(key, info.nbytes), key))
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
         write_payload_file(path, manifest, encode_header, str, payloads, arrays, overwrite=overwrite)
 
     def open(self, path: Path) -> MsgpackReader:
         return MsgpackReader(path)
 
 
+def entry_prefix(key: str, nbytes: int) -> bytes:
+    r"""The bytes before an array's in the file: its key, then its bin header."""
+
+    return msgpack.packb(key) + bin_header(nbytes)
+
+
 class MsgpackReader(FileReader):
+    r"""Reads the head of the file (the manifest) and computes where each array lies
+    from it, instead of walking the file: a walk would touch a page beside every array,
+    each a disk access of its own when the file is not cached. The key and bin header
+    before each array are checked when they are read, with the array."""
+
     def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
         self.data, self.offset = buffer, 0
 
@@ -73,20 +88,46 @@ class MsgpackReader(FileReader):
         manifest = Manifest.from_json(text, source=str(self.path))
         if self.string() != ARRAYS:
             self.fail(f"malformed file ({ARRAYS!r} expected after the manifest)")
+        count = self.map_header()
 
-        ranges = {}
-        for _ in range(self.map_header()):
-            key = self.string()
-            if key in ranges:
-                self.fail("stored twice", key=key)
-            n = self.bin_header()
-            ranges[key] = (self.offset, self.offset + n)
-            self.offset += n
-        for key in ranges:
-            if key not in manifest.arrays:
-                self.fail("stored but not listed in the manifest", key=key)
+        ranges, offset = {}, self.offset
+        for key, info in manifest.arrays.items():
+            try:
+                prefix = entry_prefix(key, info.nbytes)
+            except (UnicodeEncodeError, ValueError) as e:
+                self.fail(f"cannot be a msgpack key ({e})", key=key)
+            self.prefixes[key] = prefix
+            ranges[key] = (offset + len(prefix), offset + len(prefix) + info.nbytes)
+            offset = ranges[key][1]
+        if count != len(manifest.arrays) or offset != len(buffer):
+            self.diagnose(manifest, count)
         del self.data
         return manifest, ranges
+
+    def diagnose(self, manifest: Manifest, count: int) -> None:
+        r"""Walks the arrays of a file that is not laid out as the manifest implies, to
+        say which entry is wrong; always raises."""
+
+        found = set()
+        for _ in range(count):
+            key = self.string()
+            if key in found:
+                self.fail("stored twice", key=key)
+            found.add(key)
+            if key not in manifest.arrays:
+                self.fail("stored but not listed in the manifest", key=key)
+            n = self.bin_header()
+            if n != manifest.arrays[key].nbytes:
+                self.fail(f"{n} bytes stored, {manifest.arrays[key].nbytes} expected", key=key)
+            self.offset += n
+        for key in manifest.arrays:
+            if key not in found:
+                self.fail("listed in the manifest but not stored", key=key)
+        if self.offset > len(self.data):
+            self.fail(f"{len(self.data)} bytes, {self.offset} expected from the manifest (truncated?)")
+        if self.offset < len(self.data):
+            self.fail(f"{len(self.data) - self.offset} bytes after the last array (damaged?)")
+        self.fail("arrays not in the manifest's order, or headers not of the smallest size")
 
     def take(self, n: int) -> bytes:
         if self.offset + n > len(self.data):

@@ -713,3 +713,28 @@ def test_big_endian_numpy_arrays_are_stored_little_endian(tmp_path, suffix):
     assert manifest.arrays["['x']"].dtype == "float32"
     restored = inox_io.load(path, {"x": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
     np.testing.assert_array_equal(np.asarray(restored["x"]), x.astype("<f4"))
+
+
+def test_msgpack_key_damaged_in_place_is_caught_when_read(tmp_path):
+    # Offsets come from the manifest, so the file is not walked when opened; the key
+    # and bin header before each array are checked when the array is read.
+    path = tmp_path / "k.msgpack"
+    tree = {"ab": jnp.arange(4.0), "cd": jnp.ones(3)}
+    inox_io.save(path, tree)
+    data = path.read_bytes()
+    at = data.rindex(b"['cd']")
+    path.write_bytes(data[:at] + b"['ce']" + data[at + 6 :])
+
+    assert list(inox_io.inspect(path).arrays) == ["['ab']", "['cd']"]  # the manifest is intact
+    with pytest.raises(CheckpointError, match=r"\['cd'\]: the 9 bytes before the array"):
+        inox_io.load(path, tree)
+    with pytest.raises(CheckpointError, match=r"\['cd'\]: the 9 bytes before the array"):
+        inox_io.verify(path)
+
+
+def test_msgpack_trailing_bytes_refused(tmp_path):
+    path = tmp_path / "t.msgpack"
+    inox_io.save(path, {"a": jnp.ones(2)})
+    path.write_bytes(path.read_bytes() + b"\x00")
+    with pytest.raises(CheckpointError, match="1 bytes after the last array"):
+        inox_io.inspect(path)

@@ -111,12 +111,6 @@ def test_one_sharding_for_all(tmp_path, model, name):
     assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(restored))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="inox_io.api._resolve_shardings takes any callable for a function (path, leaf) -> "
-    "sharding, so a tree of shardings shaped like a model with __call__ is called",
-)
 @pytest.mark.parametrize("name", FORMATS)
 def test_tree_of_shardings(tmp_path, model, name):
     inox_io.save(tmp_path / name, model)
