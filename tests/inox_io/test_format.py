@@ -738,3 +738,18 @@ def test_msgpack_trailing_bytes_refused(tmp_path):
     path.write_bytes(path.read_bytes() + b"\x00")
     with pytest.raises(CheckpointError, match="1 bytes after the last array"):
         inox_io.inspect(path)
+
+
+def test_default_device_placement_matches_device_put(monkeypatch):
+    from inox_io.formats import base
+
+    hosts = [np.arange(5, dtype=np.float32), np.ones((2, 3), ml_dtypes.bfloat16), np.zeros(0, np.int8)]
+    expected = jax.device_put(hosts)
+    for fast in (True, False):
+        if not fast:  # a JAX without the internal batched transfer: the public path
+            monkeypatch.setattr(base, "_batched_put", lambda *a, **k: 1 / 0)
+        placed = base.device_put_default(hosts)
+        for x, y in zip(placed, expected):
+            assert (x.dtype, x.shape, x.sharding, x.committed) == (y.dtype, y.shape, y.sharding, y.committed)
+            assert bits_equal(x, y)
+    assert base._batched_put is None  # the failure turned the internal path off for good
