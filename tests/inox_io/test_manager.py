@@ -231,38 +231,31 @@ def test_overwrite_reuses_donated_memory():
     assert x.is_deleted() and y.unsafe_buffer_pointer() == pointer
 
 
-def test_async_save_survives_donation(tmp_path, gate):
+def donate_them(tree):
+    # The caller's next steps, donating the arrays just saved, before the write.
+    for _ in range(3):
+        tree = overwrite(tree)
+    jax.block_until_ready(tree)
+    assert (np.asarray(tree["f32"]) == -7).all()
+
+
+def delete_them(tree):
+    for x in tree.values():
+        x.delete()
+    # Allocations that would take the freed memory, and fill it with garbage.
+    jax.block_until_ready([jnp.full(1 << 18, -1.0) for _ in range(16)])
+
+
+@pytest.mark.parametrize("what_next", [donate_them, delete_them])
+def test_async_save_survives_what_the_caller_does_next(tmp_path, gate, what_next):
     started, release = gate
     tree = snapshot_tree()
     expected = host_values(tree)
     with CheckpointManager(tmp_path) as manager:
         manager.save(1, {"state": tree})
         assert started.wait(10)
-        # The caller's next steps, donating the arrays just saved, before the write.
-        for _ in range(3):
-            tree = overwrite(tree)
-        jax.block_until_ready(tree)
-        assert (np.asarray(tree["f32"]) == -7).all()
-        release.set()
-        manager.wait_until_finished()
-        restored = restored_values(manager)
-    for k in expected:
-        np.testing.assert_array_equal(restored[k], expected[k], err_msg=k)
-
-
-def test_async_save_survives_delete(tmp_path, gate):
-    started, release = gate
-    tree = snapshot_tree()
-    expected = host_values(tree)
-    with CheckpointManager(tmp_path) as manager:
-        manager.save(1, {"state": tree})
-        assert started.wait(10)
-        for x in tree.values():
-            x.delete()
+        what_next(tree)
         del tree
-        # Allocations that would take the freed memory, and fill it with garbage.
-        garbage = [jnp.full(1 << 18, -1.0) for _ in range(16)]
-        jax.block_until_ready(garbage)
         release.set()
         manager.wait_until_finished()
         restored = restored_values(manager)
