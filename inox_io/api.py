@@ -34,6 +34,37 @@ Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.S
 Progress = Callable[[str, int, int], None]
 
 
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _paused_gc():
+    r"""Pauses Python's cyclic garbage collector, as msgpack advises for large decodes.
+
+    A save or load of thousands of arrays allocates enough small objects to trigger
+    full collections, each walking every object of the process (JAX's are many): they
+    took 40% of loading 2,000 arrays. Nesting and threads are counted, so the collector
+    resumes when the last user leaves, if it ran before the first came. Nothing is
+    leaked: reference counting still frees everything that is not in a cycle.
+    """
+
+    global _gc_users, _gc_was_enabled
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def save(
     path: str | os.PathLike,
     tree: PyTree,
@@ -93,37 +124,6 @@ def save(
         manifest, arrays = build(tree, metadata)
         fmt.write(path, manifest, arrays, overwrite=overwrite)
         return manifest
-
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def _paused_gc():
-    r"""Pauses Python's cyclic garbage collector, as msgpack advises for large decodes.
-
-    A save or load of thousands of arrays allocates enough small objects to trigger
-    full collections, each walking every object of the process (JAX's are many): they
-    took 40% of loading 2,000 arrays. Nesting and threads are counted, so the collector
-    resumes when the last user leaves, if it ran before the first came. Nothing is
-    leaked: reference counting still frees everything that is not in a cycle.
-    """
-
-    global _gc_users, _gc_was_enabled
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def _target_sharding(leaf: Any) -> jax.sharding.Sharding | None:

@@ -71,6 +71,7 @@ from inox.tree import is_array
 
 from . import api
 from .atomic import AtomicFile, fsync_directory, remove_temporaries, temporary_path, write_all
+from .dtypes import is_key_dtype
 from .errors import CheckpointError
 from .formats import FORMATS, format_for
 from .formats.base import Format
@@ -120,7 +121,7 @@ def _host_array(x: Any) -> Any:
     deleting it."""
 
     if isinstance(x, jax.Array):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if is_key_dtype(x.dtype):
             x = jax.random.key_data(x)  # the manifest keeps the key implementation
         if not x.is_fully_addressable:
             # Cannot be gathered here; a jax.Array is immutable, and a directory format
@@ -485,7 +486,7 @@ class CheckpointManager:
             if (
                 isinstance(x, jax.Array)
                 and x.is_fully_addressable
-                and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                and not is_key_dtype(x.dtype)
                 and not _on_cpu(x)
             ):
                 x.copy_to_host_async()  # all transfers at once, then one copy each

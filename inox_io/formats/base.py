@@ -52,8 +52,8 @@ READ_CHUNK_BYTES = 64 * 2**20
 #: explicit ``posix_fadvise(WILLNEED)`` hints measured slower still).
 RUN_BYTES = 8 * 2**20
 
-#: Bytes between two arrays (msgpack keys) read into a scratch buffer rather than
-#: splitting a run of arrays read together.
+#: Bytes between two arrays (in files written by other tools) read into a scratch
+#: buffer rather than splitting a run of arrays read together.
 MAX_GAP_BYTES = 64 * 2**10
 
 #: Alignment of the buffers arrays are read into: JAX on CPU adopts 64-byte aligned
@@ -645,9 +645,8 @@ class FileReader(Reader):
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}
-        runs = self.runs(k for k in targets if k not in spanning)
         with Checksums(inline_bytes=2**20) as crcs:
-            for keys in runs:
+            for keys in self.runs(k for k in targets if k not in spanning):
                 out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
         problems = []
         if verify:

@@ -579,3 +579,39 @@ def test_abstract_keys_and_dtypes(tmp_path, fmt):
     like = inox_io.abstract(build)
     assert like["key"].dtype == tree["key"].dtype
     assert_trees_bits_equal(inox_io.load(path, like), tree)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_save_and_load_leave_the_garbage_collector_as_they_found_it(tmp_path, enabled):
+    import gc
+    import threading
+
+    from inox_io.api import _paused_gc
+
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        path = tmp_path / "g.safetensors"
+        inox_io.save(path, {"w": jnp.ones(3)})
+        inox_io.load(path, {"w": jnp.ones(3)})
+        assert gc.isenabled() == enabled
+
+        # Overlapping users (threads, nesting): paused until the last one leaves.
+        inside, leave = threading.Event(), threading.Event()
+
+        def other():
+            with _paused_gc():
+                inside.set()
+                leave.wait(10)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        inside.wait(10)
+        with _paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the other thread is still inside
+        leave.set()
+        thread.join()
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
