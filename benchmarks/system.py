@@ -166,6 +166,6 @@ def describe_machine(workdir: str) -> Dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": ", ".join(
-            f"{p} {_version(p)}" for p in ("jax", "jaxlib", "numpy", "orbax-checkpoint", "safetensors", "msgpack")
+            f"{p} {_version(p)}" for p in ("jax", "jaxlib", "numpy", "orbax-checkpoint", "safetensors", "msgpack", "zlib-ng")
         ),
     }
