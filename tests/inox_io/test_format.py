@@ -753,3 +753,12 @@ def test_default_device_placement_matches_device_put(monkeypatch):
             assert (x.dtype, x.shape, x.sharding, x.committed) == (y.dtype, y.shape, y.sharding, y.committed)
             assert bits_equal(x, y)
     assert base._batched_put is None  # the failure turned the internal path off for good
+
+
+def test_default_device_placement_follows_jax_default_device():
+    from inox_io.formats import base
+
+    device = jax.devices()[-1]
+    with jax.default_device(device):
+        (x,) = base.device_put_default([np.arange(3, dtype=np.float32)])
+    assert x.devices() == {device} and not x.committed
