@@ -135,11 +135,24 @@ class InoxIO(Method):
 
     def __init__(self, fmt_name: str, suffix: str):
         self.name, self.suffix = f"inox_io-{fmt_name}", suffix
+        # A format of several files beside each other (a sharded index and its shards)
+        # gets a folder of its own, so that they are measured and removed together.
+        self.file_name = f"model{suffix}" if "." in suffix[1:] else None
+        if self.file_name:
+            self.suffix = ""
+
+    def target(self, path: Path, create: bool = False) -> Path:
+        if self.file_name is None:
+            return path
+        if create:
+            path.mkdir()
+        return path / self.file_name
 
     def save(self, path: Path, data: Data) -> None:
-        inox_io.save(path, data.tree)
+        inox_io.save(self.target(path, create=True), data.tree)
 
     def load(self, path: Path, like: Data, sharding: Callable[[Any], Any] | None = None) -> Any:
+        path = self.target(path)
         if sharding is None:
             return _ready(jax.tree.leaves(inox_io.load(path, like.tree)))
         tree = inox_io.load(path, like.tree, shardings=lambda position, leaf: sharding(leaf))
@@ -217,12 +230,14 @@ def inox_formats() -> Dict[str, str]:
     r"""inox_io's registered formats and the suffix that selects each."""
 
     from inox_io.formats import FORMATS, format_for
+    from inox_io.formats.hf_index import INDEX_SUFFIX
 
     out = {}
     for fmt in FORMATS:
-        for candidate in (f"ckpt.{fmt.name}", "ckpt"):
-            if fmt.matches(Path("/nonexistent") / candidate) and format_for(Path("/nonexistent") / candidate) is fmt:
-                out[fmt.name] = Path(candidate).suffix
+        for suffix in (f".{fmt.name}", "", INDEX_SUFFIX):
+            candidate = Path("/nonexistent") / f"ckpt{suffix}"
+            if fmt.matches(candidate) and format_for(candidate) is fmt:
+                out[fmt.name] = suffix
                 break
     return out
 
