@@ -12,6 +12,11 @@ orbax reads the arrays back without inox_io. Every process writes and reads only
 own shards; nothing is gathered. The layout is specified in ``docs/format.md``
 (section "Directory (orbax) format").
 
+A save in one process (which holds every array whole) records each array's CRC-32 in
+the manifest, as the file formats do; a save across processes records :py:`None` (no
+process holds a whole array). Loads and :meth:`OrbaxReader.verify` check the checksums
+of the arrays restored whole on one process.
+
 Example:
     >>> import os, tempfile
     >>> import orbax.checkpoint as ocp
@@ -21,12 +26,15 @@ Example:
     ['arrays', 'manifest.json']
     >>> ocp.StandardCheckpointer().restore(path + '/arrays')
     {"['w']": Array([0., 1., 2.], dtype=float32)}
+    >>> inox_io.inspect(path).arrays["['w']"].crc32  # a save in one process
+    '30c8bc70'
 """
 
 from __future__ import annotations
 
 __all__ = ["OrbaxDirectoryFormat", "OrbaxReader", "orbax_name"]
 
+import concurrent.futures
 import ctypes
 import errno
 import jax
@@ -42,7 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
 from ..errors import CheckpointError
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
-from .base import Format, Reader, Target, place
+from .base import INLINE_CRC_BYTES, Checksums, Format, Reader, Target, crc32, host_bytes, place
 
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
@@ -114,6 +122,26 @@ def empty(info: ArrayInfo) -> bool:
     return math.prod(info.storage_shape) == 0
 
 
+def checksums(manifest: Manifest, arrays: Mapping[str, Any]) -> Dict[str, str]:
+    r"""The CRC-32 of each array's stored bytes (section 6 of ``docs/format.md``: those
+    the file formats checksum), which needs every array whole in this process."""
+
+    out = {}
+    for key, info in manifest.arrays.items():
+        data = host_bytes(arrays[key])  # one array on the host at a time
+        if data.nbytes != info.nbytes:
+            raise ValueError(f"{key}: {data.nbytes} bytes, {info.nbytes} expected")
+        out[key] = f"{crc32(memoryview(data)):08x}"
+    return out
+
+
+def checkable(x: Any) -> bool:
+    r"""Whether this process holds a restored array whole, so that its checksum can be
+    computed here."""
+
+    return not isinstance(x, jax.Array) or x.is_fully_addressable
+
+
 def default_sharding() -> jax.sharding.Sharding:
     r"""This process's default device (never a device of another process or machine)."""
 
@@ -143,8 +171,12 @@ class OrbaxDirectoryFormat(Format):
 
         path = Path(path).absolute()
         check_target(path, overwrite)  # on every process, before any collective: all fail alike
+        # A checksum needs the whole array: only a save in one process holds them all.
+        # Across processes, each holds some shards only, and gathering them would defeat
+        # this format's purpose: no checksums (null) there.
+        single = jax.process_count() == 1
         for info in manifest.arrays.values():
-            info.crc32 = None  # tensorstore keeps the data; a checksum would need every shard here
+            info.crc32 = None
 
         primary = jax.process_index() == 0
         temp = shared_temporary_path(path)
@@ -163,13 +195,19 @@ class OrbaxDirectoryFormat(Format):
                 for key, x in arrays.items()
                 if not empty(manifest.arrays[key])
             }
-            if items:
-                checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-                try:
-                    # Collective: each process writes its own shards; orbax waits for all.
-                    checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items))
-                finally:
-                    checkpointer.close()
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32") as pool:
+                # Checksummed in a thread (crc32 releases the GIL) while orbax writes.
+                crcs = pool.submit(checksums, manifest, arrays) if single else None
+                if items:
+                    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+                    try:
+                        # Collective: each process writes its own shards; orbax waits for all.
+                        checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items))
+                    finally:
+                        checkpointer.close()
+                if crcs is not None:
+                    for key, value in crcs.result().items():
+                        manifest.arrays[key].crc32 = value
             if primary:
                 with AtomicFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest.to_json().encode())
@@ -366,35 +404,73 @@ class OrbaxReader(Reader):
             items[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
             args[key] = ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
 
-        for key, x in (self.restore(items, args) if items else {}).items():
+        restored = self.restore(items, args) if items else {}
+        if verify:
+            for key, x in restored.items():
+                info = self.manifest.arrays[key]
+                if (tuple(x.shape), np.dtype(x.dtype)) != (info.storage_shape, orbax_dtype(info)):
+                    raise CheckpointError(self.path, f"read {x.dtype}{list(x.shape)} from {ARRAYS}/", key=key)
+            self.check_checksums(restored)
+        for key, x in restored.items():
             info = self.manifest.arrays[key]
-            if verify and (tuple(x.shape), np.dtype(x.dtype)) != (info.storage_shape, orbax_dtype(info)):
-                raise CheckpointError(self.path, f"read {x.dtype}{list(x.shape)} from {ARRAYS}/", key=key)
             x = from_orbax(info, x)
             if info.key_impl:
                 x = jax.random.wrap_key_data(x, impl=info.key_impl)
             out[key] = jax.device_put(x, after[key]) if key in after else x
         return out
 
-    def host(self, key: str) -> np.ndarray:
+    def mismatches(self, restored: Mapping[str, Any]) -> List[str]:
+        r"""The keys of the restored arrays (as orbax stores them) whose bytes do not
+        have the manifest's checksum. Arrays without checksum, or not held whole by this
+        process (spanning processes), are not checked.
+
+        Each array is copied to the host (no copy for one on a CPU device; a sharded
+        one is gathered there), and checksummed in a thread while the next is copied.
+        """
+
+        checked = [
+            key for key, x in restored.items() if self.manifest.arrays[key].crc32 is not None and checkable(x)
+        ]
+        with Checksums(INLINE_CRC_BYTES) as crcs:
+            for key in checked:
+                crcs.submit([(key, memoryview(host_bytes(restored[key])))])
+                crcs.wait(pending=1)  # at most two host copies alive
+        return [key for key in checked if crcs.hex(key) != self.manifest.arrays[key].crc32]
+
+    def check_checksums(self, restored: Mapping[str, Any]) -> None:
+        damaged = self.mismatches(restored)
+        if damaged:
+            raise CheckpointError(self.path, "; ".join(f"{key}: checksum mismatch (corrupted data)" for key in damaged))
+
+    def stored_host(self, key: str) -> np.ndarray:
+        r"""The entry of :py:`key` on the host, as orbax stores it (see :func:`to_orbax`)."""
+
         import orbax.checkpoint as ocp
 
         info = self.manifest.arrays[key]
         if empty(info):
-            return np.zeros(info.storage_shape, info.storage_dtype)
+            return np.zeros(info.storage_shape, orbax_dtype(info))
         self.check(key)
         item = {key: jax.ShapeDtypeStruct(info.storage_shape, orbax_dtype(info))}
-        x = self.restore(item, {key: ocp.RestoreArgs(restore_type=np.ndarray)})[key]
-        return from_orbax(info, np.asarray(x))
+        return np.asarray(self.restore(item, {key: ocp.RestoreArgs(restore_type=np.ndarray)})[key])
+
+    def host(self, key: str) -> np.ndarray:
+        info = self.manifest.arrays[key]
+        if empty(info):
+            return np.zeros(info.storage_shape, info.storage_dtype)
+        return from_orbax(info, self.stored_host(key))
 
     def verify(self, keys: Iterable[str] | None = None) -> List[str]:
-        r"""Reads every array through orbax. Tensorstore's own checks catch missing,
-        truncated or undecodable data; with no checksums, a changed byte may pass."""
+        r"""Reads every array through orbax onto the host and checks its checksum, where
+        the manifest has one. Tensorstore's own checks catch missing, truncated or
+        undecodable data; without a checksum (a save across processes), a changed byte
+        may pass."""
 
         problems = []
         for key in self.manifest.arrays if keys is None else keys:
             try:
-                self.host(key)
+                if self.mismatches({key: self.stored_host(key)}):
+                    problems.append(f"{self.path}: {key}: checksum mismatch (corrupted data)")
             except CheckpointError as e:
                 problems.append(f"{self.path}: {key}: {e.message}")
         return problems

@@ -176,3 +176,126 @@ def test_truncated_data_is_reported(tmp_path):
         inox_io.load(tmp_path / "ckpt", tree)
     with pytest.raises(inox_io.CheckpointError, match=r"damaged:\n  \['a'\]: arrays/ could not be read"):
         inox_io.verify(tmp_path / "ckpt")
+
+
+# Checksums (section 6 of docs/format.md): recorded by saves in one process.
+
+CHECKSUMMED = {
+    "f32": jnp.arange(6.0).reshape(2, 3),
+    "bf16": jnp.arange(4, dtype=jnp.bfloat16),
+    "uint4": jnp.arange(8, dtype=jnp.uint4),  # stored widened: the checksum is of the manifest's bytes
+    "e4m3": jnp.linspace(-2, 2, 5).astype(ml_dtypes.float8_e4m3),
+    "f64": np.linspace(0, 1, 7),
+    "big_endian": np.arange(5, dtype=">i4"),
+    "transposed": np.arange(6, dtype=np.int16).reshape(2, 3).T,
+    "scalar": np.float32(2.5),
+    "empty": jnp.zeros((0, 3)),
+    "key": jax.random.key(7),
+}
+
+
+def corrupt(path, key: str, byte: int = 5) -> None:
+    r"""Flips one bit of one byte of a stored array, keeping manifest.json.
+
+    The entries are zarr chunks, zstd-compressed, inside tensorstore's OCDBT files: a
+    byte flipped in a data file either breaks decompression (tensorstore reports it,
+    which test_truncated_data_is_reported covers) or, at best, changes sizes the OCDBT
+    index records. The damage a checksum exists for is the other kind: a well-formed
+    checkpoint holding different values. So the entries are rewritten through orbax
+    itself, one byte changed, beside the old manifest: what a silently corrupted
+    (or swapped) array looks like to every check but the checksum.
+    """
+
+    import orbax.checkpoint as ocp
+
+    arrays = (path / "arrays").absolute()
+    names = list(ocp.PyTreeCheckpointHandler().metadata(arrays).tree)
+    args = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in names}
+    stored = ocp.PyTreeCheckpointer().restore(arrays, args=ocp.args.PyTreeRestore(restore_args=args))
+    x = np.array(stored[orbax_name(key)])
+    x.view(np.uint8).reshape(-1)[byte] ^= 0x01
+    stored[orbax_name(key)] = x
+    shutil.rmtree(arrays)
+    ocp.PyTreeCheckpointer().save(arrays, stored)
+
+
+def test_single_process_save_records_checksums(tmp_path):
+    directory = inox_io.save(tmp_path / "ckpt", CHECKSUMMED)
+    file = inox_io.save(tmp_path / "a.safetensors", CHECKSUMMED)
+
+    assert list(directory.arrays) == list(file.arrays)
+    for key, info in inox_io.inspect(tmp_path / "ckpt").arrays.items():
+        assert info.crc32 is not None and info.crc32 == file.arrays[key].crc32, key
+    assert directory.arrays["['empty']"].crc32 == "00000000"
+
+    restored = inox_io.load(tmp_path / "ckpt", CHECKSUMMED)
+    for key, x in CHECKSUMMED.items():
+        np.testing.assert_array_equal(bits(restored[key]), bits(x), err_msg=key)
+    assert inox_io.verify(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("key", ["f32", "uint4", "f64", "key"])
+def test_changed_byte_is_detected(tmp_path, key):
+    inox_io.save(tmp_path / "ckpt", CHECKSUMMED)
+    corrupt(tmp_path / "ckpt", f"['{key}']", byte=1)
+    path = str(tmp_path / "ckpt")
+
+    with pytest.raises(inox_io.CheckpointError, match=rf"{path}: \['{key}'\]: checksum mismatch \(corrupted data\)"):
+        inox_io.load(tmp_path / "ckpt", CHECKSUMMED)
+    with pytest.raises(inox_io.CheckpointError, match=rf"damaged:\n  \['{key}'\]: checksum mismatch"):
+        inox_io.verify(tmp_path / "ckpt")
+    with pytest.raises(inox_io.CheckpointError, match=rf"damaged, not converted:\n  \['{key}'\]: checksum mismatch"):
+        inox_io.convert(tmp_path / "ckpt", tmp_path / "b.safetensors")
+    assert not (tmp_path / "b.safetensors").exists()
+
+    # The other arrays alone load; verify=False loads the damaged one as it is.
+    others = {k: v for k, v in CHECKSUMMED.items() if k != key}
+    with pytest.warns(UserWarning, match="loaded partially"):
+        inox_io.load(tmp_path / "ckpt", others, strict=False)
+    restored = inox_io.load(tmp_path / "ckpt", CHECKSUMMED, verify=False)
+    assert not np.array_equal(bits(restored[key]), bits(CHECKSUMMED[key]))
+
+
+def test_names_path_verifies_too(tmp_path):
+    inox_io.save(tmp_path / "ckpt", CHECKSUMMED)
+    corrupt(tmp_path / "ckpt", "['f32']")
+
+    with pytest.raises(inox_io.CheckpointError, match=r"\['f32'\]: checksum mismatch"):
+        inox_io.load(tmp_path / "ckpt", CHECKSUMMED, transforms={"['f32']": lambda x: x})
+
+
+def test_checkpoints_without_checksums_still_load(tmp_path):
+    import json
+
+    inox_io.save(tmp_path / "ckpt", CHECKSUMMED)
+    file = tmp_path / "ckpt" / "manifest.json"
+    manifest = json.loads(file.read_text())
+    for entry in manifest["arrays"].values():
+        entry["crc32"] = None  # as written before checksums (and by saves across processes)
+    file.write_text(json.dumps(manifest))
+    corrupt(tmp_path / "ckpt", "['f32']")
+
+    assert all(info.crc32 is None for info in inox_io.inspect(tmp_path / "ckpt").arrays.values())
+    restored = inox_io.load(tmp_path / "ckpt", CHECKSUMMED)  # nothing to check against
+    assert not np.array_equal(restored["f32"], CHECKSUMMED["f32"])
+    assert inox_io.verify(tmp_path / "ckpt")
+
+
+def test_sharded_load_verifies(tmp_path):
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("x",))
+    rows = NamedSharding(mesh, P("x"))
+    tree = {"w": jax.device_put(jnp.arange(64.0).reshape(16, 4), rows), "keys": jax.random.split(jax.random.key(0), 8)}
+    shardings = {"w": rows, "keys": rows}
+    inox_io.save(tmp_path / "ckpt", tree)
+
+    restored = inox_io.load(tmp_path / "ckpt", tree, shardings=shardings)
+    assert restored["w"].sharding == rows and len(restored["w"].addressable_shards) == 8
+    np.testing.assert_array_equal(restored["w"], tree["w"])
+
+    corrupt(tmp_path / "ckpt", "['w']", byte=200)  # element 50: row 12, in the shard of device 6
+    with pytest.raises(inox_io.CheckpointError, match=r"\['w'\]: checksum mismatch \(corrupted data\)"):
+        inox_io.load(tmp_path / "ckpt", tree, shardings=shardings)
+    restored = inox_io.load(tmp_path / "ckpt", tree, shardings=shardings, verify=False)
+    assert restored["w"].sharding == rows
