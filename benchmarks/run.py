@@ -40,7 +40,7 @@ from .targets import check
 ROOT = Path(__file__).resolve().parent.parent
 
 PROFILES = {
-    "full": {"size": "full", "reps": 5, "warmup": 1, "memory": "all"},
+    "full": {"size": "full", "reps": 7, "warmup": 1, "memory": "all"},
     "quick": {"size": "quick", "reps": 2, "warmup": 1, "memory": "inox_io"},
     "tiny": {"size": "tiny", "reps": 1, "warmup": 0, "memory": "inox_io"},
 }
