@@ -32,6 +32,7 @@ import shutil
 import types
 
 from pathlib import Path
+from typing import List
 
 TEMP_PREFIX = ".inox_io-tmp-"
 
@@ -193,14 +194,26 @@ def writev_all(fd: int, buffers) -> None:
             write_all(fd, view)
         return
     while views:
-        written = syscalls.writev(fd, views[:MAX_BUFFERS])
-        done = 0  # the buffers written whole; a short write leaves a partial one
-        while done < len(views) and written >= len(views[done]):
-            written -= len(views[done])
-            done += 1
-        views = views[done:]
-        if written:
-            views[0] = views[0][written:]
+        views = advance(views, syscalls.writev(fd, views[:MAX_BUFFERS]))
+
+
+def advance(views: List[memoryview], n: int) -> List[memoryview]:
+    r"""The buffers left after a vectored call transferred :py:`n` bytes of them: those
+    done whole dropped, a partly done one cut (calls may stop short anywhere).
+
+    Example:
+        >>> [bytes(v) for v in advance([memoryview(b'ab'), memoryview(b'cde')], 3)]
+        [b'de']
+    """
+
+    done = 0
+    while done < len(views) and n >= len(views[done]):
+        n -= len(views[done])
+        done += 1
+    views = views[done:]
+    if n:
+        views[0] = views[0][n:]
+    return views
 
 
 def pwrite_all(fd: int, data, offset: int) -> None:

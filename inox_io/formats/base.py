@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from ..atomic import MAX_BUFFERS, AtomicFile, pwrite_all, syscalls, write_all, writev_all
+from ..atomic import MAX_BUFFERS, AtomicFile, advance, pwrite_all, syscalls, write_all, writev_all
 from ..dtypes import is_key_dtype
 from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest
@@ -476,13 +476,7 @@ def _preadv_all(fd: int, views: List[memoryview], offset: int) -> int:
         if n == 0:
             break
         total, offset = total + n, offset + n
-        done = 0  # the buffers filled whole; a short read leaves a partial one
-        while done < len(views) and n >= len(views[done]):
-            n -= len(views[done])
-            done += 1
-        views = views[done:]
-        if n:
-            views[0] = views[0][n:]
+        views = advance(views, n)
     return total
 
 
