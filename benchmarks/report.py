@@ -73,6 +73,21 @@ def _async_lines(results: Dict[str, Any]) -> List[str]:
     ]
 
 
+def _retry_lines(results: Dict[str, Any]) -> List[str]:
+    r"""Which repetitions were measured again (see :func:`benchmarks.worker._measured`)."""
+
+    counts = [
+        f"{case} {name} {op} {len(times)}"
+        for case in ("a", "b", "c")
+        for name, m in results.get(case, {}).get("methods", {}).items()
+        for op, times in m.get("discarded", {}).items()
+        if times
+    ]
+    if not counts:
+        return []
+    return ["Repetitions measured again because the machine reclaimed memory while they ran: " + ", ".join(counts)]
+
+
 def text_table(results: Dict[str, Any], checks: List[Check]) -> str:
     r"""The table, the async line and the target verdicts, for a terminal."""
 
@@ -80,7 +95,7 @@ def text_table(results: Dict[str, Any], checks: List[Check]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
     lines = ["  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [""] + _async_lines(results) + [""] + [c.line() for c in checks]
+    lines += [""] + _async_lines(results) + _retry_lines(results) + [""] + [c.line() for c in checks]
     passed = sum(c.passed for c in checks)
     lines.append(f"{passed}/{len(checks)} targets met")
     return "\n".join(lines)
@@ -91,7 +106,7 @@ def markdown(results: Dict[str, Any], checks: List[Check], settings: Dict[str, A
 
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
-    lines += [""] + [f"{line}" for line in _async_lines(results)]
+    lines += [""] + [f"{line}\n" for line in _async_lines(results) + _retry_lines(results)]
     lines += ["", "Targets:", ""] + [f"- {c.line()}" for c in checks]
     head = [f"- {k}: {v}" for k, v in settings.items()]
     return "\n".join(head + [""] + lines) + "\n"

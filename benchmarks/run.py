@@ -105,7 +105,9 @@ def run_case(case: str, workdir: Path, profile: Dict[str, Any], args: argparse.N
         _log(f"case {case}: timing loads onto 8 devices ({group})")
         sharded = _worker("sharded", workdir, profile, flags + ["--group", group], env=eight)
         for name, values in sharded["methods"].items():
-            result["methods"][name].update(values)
+            entry = result["methods"][name]
+            entry["discarded"].update(values.pop("discarded"))
+            entry.update(values)
     result["methods"] = {name: result["methods"][name] for name in result.pop("order") if name in result["methods"]}
 
     result["memory"] = {}
@@ -154,6 +156,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         **system.describe_machine(str(base)),
         "profile": f"{profile['size']} sizes, median of {profile['reps']} after {profile['warmup']} warm-up",
         "page cache for loads": "cold (emptied before each load)" if cold else "warm (cannot be emptied here)" if not args.warm else "warm",
+        "memory reclaimed by the host": "watched; a repetition it hit is measured again"
+        if system.memory_reported_kib() is not None
+        else "not visible on this kernel",
     }
     _log("\n".join(f"{k}: {v}" for k, v in settings.items()))
 

@@ -16,14 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from inox.nn.share import ties as tree_ties
 from inox.tree import Static, combine, mask, unmask
 
 from .dtypes import NAMES, is_key_dtype
 from .errors import CheckpointError
 from .formats import format_for
 from .formats.base import Reader, Target
-from .manifest import ArrayInfo, Manifest, build, tree_arrays
+from .manifest import ArrayInfo, Manifest, build, structure_ties, tree_arrays
 from .interop import load_named, name_arrays, save_named, write as write_named
 from .names import Keep, Names, Transforms
 
@@ -197,11 +196,14 @@ def _leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
     return name, tuple(leaf.shape)
 
 
-def _check_ties(manifest: Manifest, like: PyTree) -> List[str]:
+def _check_ties(manifest: Manifest, like: jtu.PyTreeDef) -> List[str]:
+    r"""How the ties of the file and those of :py:`like` (its definition, from
+    :func:`inox_io.manifest.tree_arrays`) differ."""
+
     def table(ties) -> Dict[Tuple[str, str], List[str]]:
         return {(t.scope, t.path): sorted(t.aliases) for t in ties}
 
-    file_ties, like_ties = table(manifest.ties), table(tree_ties(like))
+    file_ties, like_ties = table(manifest.ties), table(structure_ties(like))
     problems = []
     for scope, path in sorted(set(file_ties) | set(like_ties)):
         found, expected = file_ties.get((scope, path)), like_ties.get((scope, path))
@@ -295,7 +297,7 @@ def _load(path: Path, like: PyTree, *, strict: bool, verify: bool, shardings: Sh
         treedef, positions = tree_arrays(like)
         stored_of = manifest.positions()
 
-        problems = _check_ties(manifest, like)
+        problems = _check_ties(manifest, treedef)
         missing, owners, mismatched = [], {}, set()
         for position, leaf in positions.items():
             stored = stored_of.get(position)

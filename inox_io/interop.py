@@ -28,13 +28,13 @@ __all__ = ["save_named", "load_named", "name_arrays", "write"]
 
 import collections.abc
 import jax
+import jax.tree_util as jtu
 import numpy as np
 import os
 
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from inox.nn.share import ties as tree_ties
 from inox.tree import combine, unmask
 
 from .dtypes import dtype_name, is_key_dtype
@@ -42,7 +42,7 @@ from .errors import CheckpointError
 from .formats import format_for
 from .formats.base import Format, Reader, Target, place
 from .formats.hf_index import INDEX_SUFFIX, HFIndexFormat
-from .manifest import FORMAT, ArrayInfo, Manifest, TieInfo, build, tree_arrays
+from .manifest import FORMAT, ArrayInfo, Manifest, build, structure_ties, tree_arrays
 from .names import Keep, Names, Transforms, find_transform, name_positions, rename
 
 PyTree = Any
@@ -190,12 +190,12 @@ def file_names(reader: Reader, names: Names) -> Dict[str, str]:
     return found
 
 
-def _like_positions(like: PyTree, preserved: Mapping[str, Any]) -> Dict[str, str]:
-    r"""Every array position of :py:`like`, pruned ones included -> its preserved position."""
+def _like_positions(treedef: jtu.PyTreeDef, preserved: Mapping[str, Any]) -> Dict[str, str]:
+    r"""Every array position of a tree (:func:`tree_arrays`' definition and arrays),
+    pruned ones included -> its preserved position."""
 
-    ties = [TieInfo(t.scope, t.tag, t.path, list(t.aliases)) for t in tree_ties(like)]
     # Manifest.positions() reads only the keys of the arrays: no ArrayInfo is needed.
-    return Manifest(dict.fromkeys(preserved), ties).positions()  # type: ignore[arg-type]
+    return Manifest(dict.fromkeys(preserved), structure_ties(treedef)).positions()  # type: ignore[arg-type]
 
 
 def _read(reader: Reader, key: str, transforms: Transforms | None) -> Tuple[ArrayInfo, np.ndarray]:
@@ -239,7 +239,7 @@ def load_named(
     try:
         found = file_names(reader, names)
         treedef, preserved = tree_arrays(like)
-        positions = _like_positions(like, preserved)
+        positions = _like_positions(treedef, preserved)
         groups = name_positions(positions, names)
 
         problems: List[str] = []

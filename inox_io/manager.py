@@ -75,7 +75,7 @@ from .dtypes import is_key_dtype
 from .errors import CheckpointError
 from .formats import FORMATS, format_for
 from .formats.base import Format
-from .manifest import Manifest, _statics, build
+from .manifest import Manifest, build, structure_statics, tree_arrays
 
 PyTree = Any
 
@@ -698,7 +698,7 @@ def _warn_statics(path: Path, name: str, like: PyTree) -> None:
     r"""Warns when a non-array leaf of the file differs from that of like: like wins,
     as with :func:`inox_io.load`, which surprises for a counter kept among arrays."""
 
-    saved, wanted = api.inspect(path).statics, _statics(like)
+    saved, wanted = api.inspect(path).statics, structure_statics(tree_arrays(like)[0])
     differ = [
         f"{key} is {saved[key]!r} in the checkpoint, {wanted[key]!r} in like"
         for key in sorted(set(saved) & set(wanted))

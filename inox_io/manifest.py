@@ -23,12 +23,15 @@ __all__ = [
     "Manifest",
     "build",
     "tree_arrays",
+    "structure_ties",
+    "structure_statics",
     "encode_tag",
     "decode_tag",
 ]
 
 import bisect
 import dataclasses
+import functools
 import json
 import jax
 import jax.tree_util as jtu
@@ -390,13 +393,46 @@ def tree_arrays(tree: Any) -> Tuple[jtu.PyTreeDef, Dict[str, Any]]:
     return treedef, arrays
 
 
-def _statics(tree: Any) -> Dict[str, Any]:
-    out = {}
-    for path, leaf in jtu.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, Static)):
-        value = leaf.value if isinstance(leaf, Static) else leaf
-        if not is_array(value) and _is_json(value):
-            out[jtu.keystr(path)] = value
-    return out
+@functools.lru_cache(maxsize=64)
+def _structure(treedef: jtu.PyTreeDef) -> Tuple[Tuple[TieInfo, ...], Tuple[Tuple[str, Any], ...]]:
+    r"""The ties and the JSON-encodable non-array leaves of a masked tree definition
+    (from :func:`tree_arrays`): they are part of its structure, so a structure saved or
+    loaded again, as in training, is walked once rather than at each call."""
+
+    placeholders = [jax.ShapeDtypeStruct((), np.float32)] * treedef.num_leaves
+    skeleton = jtu.tree_unflatten(treedef, placeholders)
+    ties = tuple(TieInfo(t.scope, t.tag, t.path, tuple(t.aliases)) for t in tree_ties(skeleton))
+    statics = []
+    for path, leaf in jtu.tree_leaves_with_path(skeleton, is_leaf=lambda x: isinstance(x, Static)):
+        if isinstance(leaf, Static) and not is_array(leaf.value) and _is_json(leaf.value):
+            statics.append((jtu.keystr(path), leaf.value))
+    return ties, tuple(statics)
+
+
+def structure_ties(treedef: jtu.PyTreeDef) -> List[TieInfo]:
+    r"""The ties declared in a tree, from its definition as :func:`tree_arrays` returns it.
+
+    Example:
+        >>> p = nn.Parameter(jnp.ones(2))
+        >>> treedef, _ = tree_arrays(nn.Scope(a=nn.Reference('p', p), b=nn.Reference('p', p)))
+        >>> structure_ties(treedef)
+        [TieInfo(scope='', tag='p', path='.a', aliases=['.b'])]
+    """
+
+    return [TieInfo(t.scope, t.tag, t.path, list(t.aliases)) for t in _structure(treedef)[0]]
+
+
+def structure_statics(treedef: jtu.PyTreeDef) -> Dict[str, Any]:
+    r"""The non-array leaves of a tree that JSON can hold (strings, numbers, booleans,
+    None) by key path, from its definition as :func:`tree_arrays` returns it.
+
+    Example:
+        >>> treedef, _ = tree_arrays({'w': jnp.ones(2), 'act': 'relu', 'f': print})
+        >>> structure_statics(treedef)
+        {"['act']": 'relu'}
+    """
+
+    return dict(_structure(treedef)[1])
 
 
 def _is_json(x: Any) -> bool:
@@ -453,7 +489,7 @@ def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifes
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata must map str to str, found {k!r}: {v!r}")
 
-    _, positions = tree_arrays(tree)
+    treedef, positions = tree_arrays(tree)
     arrays: Dict[str, Any] = {}
     aliases: Dict[str, str] = {}
     first: Dict[int, str] = {}
@@ -476,7 +512,7 @@ def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifes
             stacklevel=3,
         )
 
-    ties = [TieInfo(t.scope, t.tag, t.path, list(t.aliases)) for t in tree_ties(tree)]
+    ties = structure_ties(treedef)
     for t in ties:
         try:
             encode_tag(t.tag)
@@ -484,5 +520,5 @@ def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifes
             raise TypeError(f"{t.path}: {e}") from None
 
     infos = {key: array_info(key, x) for key, x in arrays.items()}
-    manifest = Manifest(infos, ties, aliases, _statics(tree), metadata, library_versions())
+    manifest = Manifest(infos, ties, aliases, structure_statics(treedef), metadata, library_versions())
     return manifest, arrays

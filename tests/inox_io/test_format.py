@@ -157,6 +157,37 @@ def test_manifest_positions_map_aliases_to_stored_keys(tmp_path, model):
     assert len(positions) == 8
 
 
+def test_ties_and_statics_come_from_the_structure_alone(model):
+    # Saves and loads read ties and statics from the tree definition (cached): they
+    # must be what walking the tree itself finds, and callers must get their own copies.
+    import inox.nn as nn
+    from inox_io.manifest import structure_statics, structure_ties, tree_arrays
+
+    p, z = nn.Parameter(jnp.ones(2)), jnp.zeros(3)
+    nested = nn.Scope(
+        outer=nn.Reference("o", p),
+        inner=nn.Scope(a=nn.Reference(("t", 1), z), b=[nn.Reference(("t", 1), z)], act="gelu"),
+        again=nn.Reference("o", p),
+        rate=0.5,
+    )
+    for tree in (model, nested, {"x": jnp.ones(1), "n": 3, "f": print}):
+        treedef, _ = tree_arrays(tree)
+        walked = [TieInfo(t.scope, t.tag, t.path, list(t.aliases)) for t in nn.share.ties(tree)]
+        assert structure_ties(treedef) == walked
+        structure_ties(treedef).clear()
+        structure_statics(treedef)["injected"] = 1
+        assert structure_ties(treedef) == walked
+        assert "injected" not in structure_statics(treedef)
+
+    treedef, _ = tree_arrays(nested)
+    assert structure_ties(treedef) == [
+        TieInfo(scope="", tag="o", path=".again", aliases=[".outer"]),  # keys in sorted order
+        TieInfo(scope=".inner", tag=("t", 1), path=".inner.a", aliases=[".inner.b[0]"]),
+    ]
+    assert structure_statics(treedef) == {".inner.act": "gelu", ".rate": 0.5}
+    treedef, _ = tree_arrays({"x": jnp.ones(1), "n": 3, "f": print})
+    assert structure_statics(treedef) == {"['n']": 3}
+
 def test_manifest_is_strict_json_and_round_trips(tmp_path, fmt, zoo):
     path = tmp_path / f"zoo.{fmt}"
     manifest = save_quietly(path, zoo)
