@@ -56,7 +56,7 @@ def _measured(prepare: Callable[[], Any], fn: Callable[[], Any], retries: int) -
     """
 
     discarded: List[float] = []
-    for attempt in range(retries + 1):
+    while True:
         prepare()
         reported = system.memory_reported_kib()
         start = time.perf_counter()
@@ -65,10 +65,9 @@ def _measured(prepare: Callable[[], Any], fn: Callable[[], Any], retries: int) -
         disturbed = system.memory_reported_kib() != reported
         del out  # freed outside the timing
         gc.collect()
-        if not disturbed or attempt == retries:
+        if not disturbed or len(discarded) == retries:
             return elapsed, discarded
         discarded.append(elapsed)
-    raise AssertionError("unreachable")
 
 
 class Stopwatch:
