@@ -196,14 +196,14 @@ def _leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
     return name, tuple(leaf.shape)
 
 
-def _check_ties(manifest: Manifest, like: jtu.PyTreeDef) -> List[str]:
-    r"""How the ties of the file and those of :py:`like` (its definition, from
-    :func:`inox_io.manifest.tree_arrays`) differ."""
+def _check_ties(manifest: Manifest, like_treedef: jtu.PyTreeDef) -> List[str]:
+    r"""How the ties of the file and those of ``like`` (whose definition, from
+    :func:`inox_io.manifest.tree_arrays`, is :py:`like_treedef`) differ."""
 
     def table(ties) -> Dict[Tuple[str, str], List[str]]:
         return {(t.scope, t.path): sorted(t.aliases) for t in ties}
 
-    file_ties, like_ties = table(manifest.ties), table(structure_ties(like))
+    file_ties, like_ties = table(manifest.ties), table(structure_ties(like_treedef))
     problems = []
     for scope, path in sorted(set(file_ties) | set(like_ties)):
         found, expected = file_ties.get((scope, path)), like_ties.get((scope, path))
