@@ -2,7 +2,7 @@ r"""Runs the inox_io benchmarks and prints one table, with the targets met or no
 
 .. code-block:: bash
 
-    python -m benchmarks.run                      # full: ~10 min on 2 cores
+    python -m benchmarks.run                      # full: ~14 min on 2 cores
     python -m benchmarks.run --quick              # smaller smoke variant: ~1 min
     python -m benchmarks.run --cases a,b --json out.json --markdown out.md
 
