@@ -300,6 +300,22 @@ def _as_predicate(f: Filter) -> Callable[[Any], bool]:
     return f
 
 
+def skeleton(treedef: jtu.PyTreeDef) -> PyTree:
+    r"""Rebuilds a tree from its definition alone, with a placeholder (a scalar
+    :class:`jax.ShapeDtypeStruct`) at each leaf: what the structure holds (paths, hidden
+    non-array leaves, references and their tags) can then be read without the tree.
+
+    Placeholders count as arrays: modules hide non-array leaves when they flatten.
+
+    Example:
+        >>> skeleton(jax.tree.structure({'a': 0}))
+        {'a': ShapeDtypeStruct(shape=(), dtype=float32)}
+    """
+
+    placeholder = jax.ShapeDtypeStruct((), np.float32)
+    return jtu.tree_unflatten(treedef, [placeholder] * treedef.num_leaves)
+
+
 @functools.lru_cache(maxsize=256)
 def leaf_paths(treedef: jtu.PyTreeDef) -> Tuple[str, ...]:
     r"""Returns the key paths of the leaves of a tree definition, in leaf order.
@@ -309,10 +325,7 @@ def leaf_paths(treedef: jtu.PyTreeDef) -> Tuple[str, ...]:
         ("['a'][0]", "['a'][1]", "['b']")
     """
 
-    # Placeholders must count as arrays: modules hide non-array leaves when they flatten.
-    placeholders = [jax.ShapeDtypeStruct((), np.float32) for _ in range(treedef.num_leaves)]
-    skeleton = jtu.tree_unflatten(treedef, placeholders)
-    paths = tuple(jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(skeleton))
+    paths = tuple(jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(skeleton(treedef)))
     if len(paths) != treedef.num_leaves:
         raise ValueError(f"cannot compute the key paths of {treedef}")
     return paths

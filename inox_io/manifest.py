@@ -47,7 +47,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Tuple
 import inox
 
 from inox.nn.share import ties as tree_ties
-from inox.tree import Static, is_array, mask, partition
+from inox.tree import Static, is_array, mask, partition, skeleton
 
 from .dtypes import DTYPES, dtype_name, is_key_dtype
 from .errors import CheckpointError
@@ -399,11 +399,10 @@ def _structure(treedef: jtu.PyTreeDef) -> Tuple[Tuple[TieInfo, ...], Tuple[Tuple
     (from :func:`tree_arrays`): they are part of its structure, so a structure saved or
     loaded again, as in training, is walked once rather than at each call."""
 
-    placeholders = [jax.ShapeDtypeStruct((), np.float32)] * treedef.num_leaves
-    skeleton = jtu.tree_unflatten(treedef, placeholders)
-    ties = tuple(TieInfo(t.scope, t.tag, t.path, tuple(t.aliases)) for t in tree_ties(skeleton))
+    tree = skeleton(treedef)
+    ties = tuple(TieInfo(t.scope, t.tag, t.path, tuple(t.aliases)) for t in tree_ties(tree))
     statics = []
-    for path, leaf in jtu.tree_leaves_with_path(skeleton, is_leaf=lambda x: isinstance(x, Static)):
+    for path, leaf in jtu.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, Static)):
         if isinstance(leaf, Static) and not is_array(leaf.value) and _is_json(leaf.value):
             statics.append((jtu.keystr(path), leaf.value))
     return ties, tuple(statics)

@@ -154,15 +154,10 @@ class Checksums:
 
     Pieces go to one background thread, in submission order (:func:`crc32`
     releases the GIL), so that their checksums cost no time next to the I/O. Small
-    arrays (below :py:`inline_bytes`, :data:`INLINE_CRC_BYTES` for saves and loads) are
-    checksummed at once, in the caller's thread: the caller runs Python code between
-    its system calls (describing arrays, placing them with JAX), and a thread
-    checksumming thousands of small arrays would wait for the GIL after each one,
-    longer than the checksum takes.
-
-    Arguments:
-        inline_bytes: Below this, a piece that is a whole array is checksummed in the
-            caller's thread.
+    arrays (below :data:`INLINE_CRC_BYTES`) are checksummed at once, in the caller's
+    thread: the caller runs Python code between its system calls (describing arrays,
+    placing them with JAX), and a thread checksumming thousands of small arrays would
+    wait for the GIL after each one, longer than the checksum takes.
 
     Example:
         >>> with Checksums() as crcs:
@@ -171,8 +166,7 @@ class Checksums:
         True
     """
 
-    def __init__(self, inline_bytes: int = 0):
-        self.inline_bytes = inline_bytes
+    def __init__(self):
         self.values: Dict[str, int] = {}
         self.threaded: set = set()  # keys whose pieces go to the thread, to keep their order
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
@@ -183,7 +177,7 @@ class Checksums:
 
         background = []
         for key, data in pieces:
-            if key in self.threaded or len(data) >= self.inline_bytes:
+            if key in self.threaded or len(data) >= INLINE_CRC_BYTES:
                 self.values.setdefault(key, 0)
                 self.threaded.add(key)
                 background.append((key, data))
@@ -328,7 +322,7 @@ def write_payload_file(
     placeholder = header(manifest)
     slots = _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
 
-    with AtomicFile(path, overwrite=overwrite) as f, Checksums(INLINE_CRC_BYTES) as crcs, Writeback(f.fd) as writeback:
+    with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs, Writeback(f.fd) as writeback:
 
         def flush(run: Run) -> Run:
             writev_all(f.fd, run.views)
@@ -645,7 +639,7 @@ class FileReader(Reader):
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}
-        with Checksums(INLINE_CRC_BYTES) as crcs:
+        with Checksums() as crcs:
             for keys in self.runs(k for k in targets if k not in spanning):
                 out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
         problems = []

@@ -50,7 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
 from ..errors import CheckpointError
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
-from .base import INLINE_CRC_BYTES, Checksums, Format, Reader, Target, crc32, host_bytes, place
+from .base import Checksums, Format, Reader, Target, crc32, host_bytes, place
 
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
@@ -431,7 +431,7 @@ class OrbaxReader(Reader):
         checked = [
             key for key, x in restored.items() if self.manifest.arrays[key].crc32 is not None and checkable(x)
         ]
-        with Checksums(INLINE_CRC_BYTES) as crcs:
+        with Checksums() as crcs:
             for key in checked:
                 crcs.submit([(key, memoryview(host_bytes(restored[key])))])
                 crcs.wait(pending=1)  # at most two host copies alive
