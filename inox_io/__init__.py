@@ -11,7 +11,7 @@ Example:
     True
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .api import abstract, convert, inspect, load, save, verify
 from .errors import CheckpointError

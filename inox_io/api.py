@@ -8,26 +8,21 @@ import collections.abc
 import contextlib
 import gc
 import jax
-import jax.tree_util as jtu
 import os
 import threading
-import warnings
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping
 
-from inox.tree import Static, combine, mask, unmask
+from inox.tree import mask, unmask
 
-from .dtypes import NAMES, is_key_dtype
-from .errors import CheckpointError
-from .formats import format_for
-from .formats.base import Reader, Target
-from .manifest import ArrayInfo, Manifest, build, structure_ties, tree_arrays
-from .interop import load_named, name_arrays, save_named, write as write_named
-from .names import Keep, Names, Transforms
+from .errors import damage_error
+from .fit import Shardings, fit
+from .formats import Reader, format_for, open_checkpoint, write_options
+from .manifest import Manifest, build
+from .names import Keep, Names, Transforms, name_arrays
 
 PyTree = Any
-Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.Sharding | None] | None
 
 #: Called as :py:`progress(stage, done, total)`, in bytes; stage is "verify" or "write".
 Progress = Callable[[str, int, int], None]
@@ -113,123 +108,14 @@ def save(
         (["['w']"], {'step': '10'})
     """
 
+    path = Path(path)
+    fmt = format_for(path)
+    options = write_options(fmt, path, max_shard_size=max_shard_size)
     with _paused_gc():
-        if (names, keep, transforms, max_shard_size) != (None, None, None, None):
-            options = dict(names=names, keep=keep, transforms=transforms, max_shard_size=max_shard_size)
-            return save_named(path, tree, metadata=metadata, overwrite=overwrite, **options)
-
-        path = Path(path)
-        fmt = format_for(path)
         manifest, arrays = build(tree, metadata)
-        fmt.write(path, manifest, arrays, overwrite=overwrite)
+        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
+        fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
         return manifest
-
-
-def _target_sharding(leaf: Any) -> jax.sharding.Sharding | None:
-    if isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)):
-        return getattr(leaf, "sharding", None)
-    return None
-
-
-def _keyed_shardings(shardings: PyTree) -> Dict[str, Any]:
-    def is_leaf(x: Any) -> bool:
-        return isinstance(x, (jax.sharding.Sharding, Static))
-
-    out = {}
-    for path, leaf in jtu.tree_leaves_with_path(shardings, is_leaf=is_leaf):
-        leaf = leaf.value if isinstance(leaf, Static) else leaf
-        if isinstance(leaf, jax.sharding.Sharding):
-            out[jtu.keystr(path)] = leaf
-    return out
-
-
-def _resolve_shardings(
-    shardings: Shardings,
-    like: Mapping[str, Any],
-    owners: Mapping[str, List[str]],
-) -> Dict[str, jax.sharding.Sharding | None]:
-    r"""The sharding of every stored key, from :py:`shardings` or from the ``like``
-    leaves; all positions of one stored key must agree."""
-
-    fallback: Callable[[Any], jax.sharding.Sharding | None] = lambda leaf: None
-    if shardings is None:
-        def choose(position: str, leaf: Any):
-            return _target_sharding(leaf)
-    elif isinstance(shardings, jax.sharding.Sharding):
-        def choose(position: str, leaf: Any):
-            return shardings
-    elif callable(shardings) and jtu.all_leaves([shardings]):  # a function, not a tree (a model may be callable)
-        choose = shardings
-    else:
-        keyed = _keyed_shardings(shardings)
-
-        # A tied Scope prunes its aliases from the shardings tree too: a missing
-        # position has no opinion; like's sharding serves when no position has one.
-        def choose(position: str, leaf: Any):
-            return keyed.get(position)
-
-        fallback = _target_sharding
-
-    out = {}
-    for stored, positions in owners.items():
-        leaf = like[positions[0]]
-        chosen = [(p, choose(p, leaf)) for p in positions]
-        first_position, first = chosen[0]
-        for position, sharding in chosen[1:]:
-            if sharding is not None and first is not None and sharding != first:
-                raise ValueError(
-                    f"tied positions {first_position} and {position} ask for different shardings "
-                    f"({first} and {sharding}); a tied array is placed once"
-                )
-            first = first if first is not None else sharding
-        out[stored] = first if first is not None else fallback(leaf)
-    return out
-
-
-def _describe(info: ArrayInfo) -> str:
-    return f"{info.dtype}{list(info.shape)}"
-
-
-def _leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
-    dtype = leaf.dtype
-    name = NAMES.get(dtype) or (str(dtype) if is_key_dtype(dtype) else jax.numpy.dtype(dtype).name)
-    return name, tuple(leaf.shape)
-
-
-def _check_ties(manifest: Manifest, like_treedef: jtu.PyTreeDef) -> List[str]:
-    r"""How the ties of the file and those of ``like`` (whose definition, from
-    :func:`inox_io.manifest.tree_arrays`, is :py:`like_treedef`) differ."""
-
-    def table(ties) -> Dict[Tuple[str, str], List[str]]:
-        return {(t.scope, t.path): sorted(t.aliases) for t in ties}
-
-    file_ties, like_ties = table(manifest.ties), table(structure_ties(like_treedef))
-    problems = []
-    for scope, path in sorted(set(file_ties) | set(like_ties)):
-        found, expected = file_ties.get((scope, path)), like_ties.get((scope, path))
-        if found != expected:
-            problems.append(
-                f"{path}: tied to {expected or 'nothing'} in like, to {found or 'nothing'} in the file"
-            )
-    return problems
-
-
-def report_fit(path: Path, problems: List[str], unexpected: List[str], *, strict: bool, stacklevel: int) -> None:
-    r"""Raises (strict) or warns about the ways a file does not fit ``like``.
-
-    :py:`stacklevel` counts from the caller of this function, as for :func:`warnings.warn`.
-    """
-
-    if strict:
-        problems = problems + [f"{k}: in the file but not in like" for k in unexpected]
-        if problems:
-            raise CheckpointError(path, "does not fit like:\n  " + "\n  ".join(problems))
-    elif problems or unexpected:
-        warnings.warn(
-            f"{path}: loaded partially; "
-            + "; ".join(problems + [f"{k}: in the file but not in like (ignored)" for k in unexpected]),
-            stacklevel=stacklevel + 1,
-        )
 
 
 def load(
@@ -277,62 +163,11 @@ def load(
         {'a': Array([0., 1., 2.], dtype=float32), 'act': 'gelu'}
     """
 
-    with _paused_gc():
-        if names is not None or transforms is not None:
-            options = dict(strict=strict, verify=verify, shardings=shardings)
-            return load_named(path, like, names=names, transforms=transforms, **options)
-        return _load(Path(path), like, strict=strict, verify=verify, shardings=shardings)
-
-
-def _load(path: Path, like: PyTree, *, strict: bool, verify: bool, shardings: Shardings) -> PyTree:
-    r"""Loads with the manifest's own keys (see :func:`load`)."""
-
-    fmt = format_for(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-
-    reader = fmt.open(path)
-    try:
-        manifest = reader.manifest
-        treedef, positions = tree_arrays(like)
-        stored_of = manifest.positions()
-
-        problems = _check_ties(manifest, treedef)
-        missing, owners, mismatched = [], {}, set()
-        for position, leaf in positions.items():
-            stored = stored_of.get(position)
-            if stored is None:
-                missing.append(position)
-                continue
-            info = manifest.arrays[stored]
-            dtype, shape = _leaf_description(leaf)
-            if (dtype, shape) != (info.dtype, info.shape):
-                problems.append(f"{position}: {dtype}{list(shape)} expected, {_describe(info)} found")
-                mismatched.add(stored)
-                continue
-            owners.setdefault(stored, []).append(position)
-
-        # Positions pruned from like by its ties still choose their sharding.
-        for position, stored in stored_of.items():
-            if stored in owners and position not in positions:
-                owners[stored].append(position)
-        like_leaves = {p: positions[ps[0]] for ps in owners.values() for p in ps}
-
-        problems += [f"{p}: missing from the file" for p in missing]
-        # A mismatched array is reported once, as such, not also as unexpected.
-        unexpected = [key for key in manifest.arrays if key not in owners and key not in mismatched]
-        report_fit(path, problems, unexpected, strict=strict, stacklevel=3)
-
-        placement = _resolve_shardings(shardings, like_leaves, owners)
-        arrays = reader.load({key: Target(placement[key]) for key in owners}, verify=verify)
-    finally:
-        reader.close()
-
-    values = {}
-    for position, leaf in positions.items():
-        stored = stored_of.get(position)
-        values[position] = arrays[stored] if stored in arrays else leaf
-    return unmask(combine(treedef, values))
+    with _paused_gc(), open_checkpoint(path) as reader:
+        found = fit(reader, like, names=names, transforms=transforms)
+        found.report(strict=strict, stacklevel=2)
+        arrays = reader.load(found.targets(shardings), verify=verify)
+    return found.rebuild(arrays)
 
 
 def inspect(path: str | os.PathLike) -> Manifest:
@@ -346,22 +181,19 @@ def inspect(path: str | os.PathLike) -> Manifest:
         {"['w']": ArrayInfo(dtype='bfloat16', shape=(2, 3), nbytes=12, crc32='...', key_impl=None)}
     """
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    with format_for(path).open(path) as reader:
+    with open_checkpoint(path) as reader:
         return reader.manifest
 
 
-def _verify_all(reader: Reader, progress: Progress | None) -> List[str]:
+def _verify_all(reader: Reader, progress: Progress | None) -> Dict[str, str]:
     r"""Verifies every array; one at a time when progress is reported."""
 
     if progress is None:
         return reader.verify()
-    total, done, problems = reader.manifest.nbytes, 0, []
+    total, done, problems = reader.manifest.nbytes, 0, {}
     progress("verify", 0, total)
     for key, info in reader.manifest.arrays.items():
-        problems += reader.verify([key])
+        problems.update(reader.verify([key]))
         done += info.nbytes
         progress("verify", done, total)
     return problems
@@ -416,13 +248,10 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
         verify 20 20
     """
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    with format_for(path).open(path) as reader:
+    with open_checkpoint(path) as reader:
         problems = _verify_all(reader, progress)
         if problems:
-            raise CheckpointError(path, "\n  ".join(["damaged:"] + [p.split(": ", 1)[1] for p in problems]))
+            raise damage_error(reader.path, problems, "damaged:")
         return reader.manifest
 
 
@@ -450,22 +279,18 @@ def convert(
         ["['w']"]
     """
 
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: no such checkpoint")
+    dst = Path(dst)
     fmt = format_for(dst)
-    with format_for(src).open(src) as reader:
+    with open_checkpoint(src) as reader:
         problems = _verify_all(reader, progress)
         if problems:
-            raise CheckpointError(src, "\n  ".join(["damaged, not converted:"] + [p.split(": ", 1)[1] for p in problems]))
+            raise damage_error(reader.path, problems, "damaged, not converted:")
         manifest = reader.manifest
-        arrays = {key: reader.host(key) for key in manifest.arrays}
-        extra: Dict[str, str] = {}
-        if names is not None or keep is not None:
-            manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+        arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
+        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
         if progress is not None:
             arrays = _Reporting(arrays, manifest, progress)
-        write_named(fmt, dst, manifest, arrays, extra, overwrite=overwrite)
+        fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra)
         if progress is not None:
             progress("write", manifest.nbytes, manifest.nbytes)
     return manifest

@@ -50,17 +50,17 @@ from __future__ import annotations
 __all__ = ["main", "human_size", "ProgressBar"]
 
 import argparse
-import re
 import sys
 import time
 
 from pathlib import Path
 from typing import Dict, List, Sequence, TextIO, Tuple
 
-from . import __version__
+from . import keypath
 from .api import convert, inspect, verify
 from .names import torch_names
 from .errors import CheckpointError
+from .version import __version__
 from .formats import format_for
 from .manifest import ArrayInfo, Manifest
 
@@ -139,11 +139,6 @@ def progress_bar() -> ProgressBar | None:
     return ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
 
-# A key path is a sequence of `.name`, `[0]` and `['key']` segments (jax.tree_util.keystr);
-# keys written by other tools (`encoder.layer.0.weight`) start with a bare name.
-_SEGMENT = re.compile(r"""^[^.\[]+|\.[^.\[]+|\[(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\]'"]*)\]""")
-
-
 def split_key(key: str) -> List[str]:
     r"""Splits a key path into its segments; a key it cannot parse is one segment.
 
@@ -154,14 +149,10 @@ def split_key(key: str) -> List[str]:
         ['encoder', '.layer', '.0', '.weight']
     """
 
-    segments, offset = [], 0
-    while offset < len(key):
-        match = _SEGMENT.match(key, offset) if offset else _SEGMENT.match(key)
-        if match is None or match.end() == offset:
-            return [key]
-        segments.append(match.group())
-        offset = match.end()
-    return segments or [key]
+    try:
+        return [segment.text for segment in keypath.split(key)] or [key]
+    except ValueError:
+        return [key]
 
 
 class _Node:

@@ -27,9 +27,11 @@ __all__ = [
     "structure_statics",
     "encode_tag",
     "decode_tag",
+    "no_duplicate_keys",
+    "shape_problem",
+    "MAX_MANIFEST_BYTES",
 ]
 
-import bisect
 import dataclasses
 import functools
 import json
@@ -51,6 +53,8 @@ from inox.tree import Static, is_array, mask, partition, skeleton
 
 from .dtypes import DTYPES, dtype_name, is_key_dtype
 from .errors import CheckpointError
+from .keypath import descendants
+from .version import __version__
 
 FORMAT = "inox_io"
 VERSION = 1
@@ -143,7 +147,7 @@ class Manifest:
         out.update(self.aliases)
         keys, order = sorted(self.arrays), {key: i for i, key in enumerate(self.arrays)}
         for tie in self.ties:
-            below = sorted(_below(keys, tie.path + ".value"), key=order.__getitem__)
+            below = sorted(descendants(keys, tie.path + ".value"), key=order.__getitem__)
             for alias in tie.aliases:
                 for key in below:
                     out[alias + key[len(tie.path) :]] = key
@@ -153,7 +157,7 @@ class Manifest:
         r"""How many entries :meth:`positions` would have, at most, without building it."""
 
         keys = sorted(self.arrays)
-        below = {path: len(_below(keys, path + ".value")) for path in {tie.path for tie in self.ties}}
+        below = {path: len(descendants(keys, path + ".value")) for path in {tie.path for tie in self.ties}}
         return len(self.arrays) + len(self.aliases) + sum(len(t.aliases) * below[t.path] for t in self.ties)
 
     def saved_bytes(self) -> int:
@@ -193,7 +197,7 @@ class Manifest:
         if len(text) > MAX_MANIFEST_BYTES:
             fail(f"{len(text)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
         try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            data = json.loads(text, object_pairs_hook=no_duplicate_keys)
         except (ValueError, RecursionError, UnicodeDecodeError) as e:
             fail(f"not valid JSON ({e})")
         # The array entries are left out: their fields are checked one by one (and
@@ -240,26 +244,7 @@ class Manifest:
         return manifest
 
 
-def _below(keys: List[str], head: str) -> List[str]:
-    r"""The keys of the sorted :py:`keys` that are :py:`head` or lie under it (followed
-    by ``.`` or ``[``), found by bisection: a scan of every key for every tie would
-    take quadratic time.
-
-    Example:
-        >>> _below(sorted(['.a.value', '.a.value.w', '.a.value[0]', '.a.valuex', '.b']), '.a.value')
-        ['.a.value', '.a.value.w', '.a.value[0]']
-    """
-
-    out = keys[bisect.bisect_left(keys, head) : bisect.bisect_right(keys, head)]
-    for separator in ".[":
-        # The keys starting with head + separator sort between it and head + the next character.
-        begin = bisect.bisect_left(keys, head + separator)
-        end = bisect.bisect_left(keys, head + chr(ord(separator) + 1))
-        out += keys[begin:end]
-    return out
-
-
-def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+def no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen = set()
@@ -461,8 +446,6 @@ def array_info(key: str, x: Any) -> ArrayInfo:
 
 
 def library_versions() -> Dict[str, str]:
-    from . import __version__
-
     return {
         "inox_io": __version__,
         "inox": inox.__version__,

@@ -20,21 +20,25 @@ __all__ = [
     "Transforms",
     "TRANSPOSE",
     "torch_names",
-    "split_path",
     "Renamed",
     "rename",
     "choose_kept",
     "find_transform",
+    "transformed_info",
+    "name_arrays",
 ]
 
-import ast
+import collections.abc
 import dataclasses
 import fnmatch
-import re
+import jax
+import numpy as np
 
 from typing import Any, Callable, Collection, Dict, List, Mapping, Sequence, Tuple
 
-from .manifest import Manifest
+from . import keypath
+from .dtypes import dtype_name
+from .manifest import FORMAT, ArrayInfo, Manifest
 
 #: A key path of the tree -> the key of its array in the file.
 Names = Callable[[str], str]
@@ -56,41 +60,6 @@ def _swap_last_axes(x: Any) -> Any:
 #: holds ``(in, out)``: swapping the last two axes both ways.
 TRANSPOSE = (_swap_last_axes, _swap_last_axes)
 
-# Segments of a key path: `.attr`, `[0]`, `['key']`; a leading bare name is accepted so
-# that names already in the PyTorch convention map to themselves.
-_SEGMENT = re.compile(r"""\.?([^.\[\]]+)|\[('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\]]*)\]""")
-
-
-def split_path(path: str) -> List[Tuple[str, str]]:
-    r"""Splits a key path into ``(kind, key)`` segments, kind ``'.'`` for attributes
-    and ``'['`` for indices and dictionary keys (unquoted).
-
-    Raises:
-        ValueError: if the path is not a key path.
-
-    Example:
-        >>> split_path(".l1.value['w'][0]")
-        [('.', 'l1'), ('.', 'value'), ('[', 'w'), ('[', '0')]
-    """
-
-    segments, offset = [], 0
-    while offset < len(path):
-        match = _SEGMENT.match(path, offset) if offset == 0 or path[offset] in ".[" else None
-        if match is None:
-            raise ValueError(f"{path!r} is not a key path")
-        attr, index = match.groups()
-        if attr is not None:
-            segments.append((".", attr))
-        else:
-            try:
-                key = ast.literal_eval(index) if index[:1] in "'\"" else index
-            except (ValueError, SyntaxError):
-                key = index
-            segments.append(("[", str(key)))
-        offset = match.end()
-    return segments
-
-
 def torch_names(path: str) -> str:
     r"""The PyTorch ``state_dict`` name of a key path: no leading dot, no ``.value``
     hops (those of :class:`inox.nn.Reference` and :class:`inox.nn.Parameter`), indices
@@ -111,7 +80,7 @@ def torch_names(path: str) -> str:
         'transformer.wte.weight'
     """
 
-    return ".".join(key for kind, key in split_path(path) if (kind, key) != (".", "value"))
+    return ".".join(s.key for s in keypath.split(path) if (s.kind, s.key) != (".", "value"))
 
 
 def choose_kept(names: Sequence[str], keep: Keep | None) -> str:
@@ -228,3 +197,94 @@ def find_transform(transforms: Transforms | None, name: str) -> Tuple[Callable, 
                 raise TypeError(f"transforms[{pattern!r}]: a pair (to_file, from_file) of functions expected")
             return pair
     return None
+
+
+def transformed_info(info: ArrayInfo, fn: Callable[[Any], Any]) -> ArrayInfo:
+    r"""The dtype and shape of :py:`fn` applied to an array of :py:`info`, without
+    computing it: traced by JAX, or, for a NumPy-only function (or 64-bit data that JAX
+    would narrow), applied to a view of one zero that has the array's shape.
+
+    Example:
+        >>> transformed_info(ArrayInfo('float32', (2, 3), 24), TRANSPOSE[1])
+        ArrayInfo(dtype='float32', shape=(3, 2), nbytes=24, crc32=None, key_impl=None)
+    """
+
+    if info.key_impl:
+        raise TypeError("PRNG key arrays cannot be transformed")
+    dtype = info.storage_dtype
+    try:
+        if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            raise TypeError  # 64-bit data without jax_enable_x64: tracing would narrow it
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(info.shape, dtype))
+    except Exception:
+        out = np.asarray(fn(np.broadcast_to(np.zeros((), dtype), info.shape)))
+    return ArrayInfo(dtype_name(out.dtype), tuple(out.shape), int(np.prod(out.shape)) * np.dtype(out.dtype).itemsize)
+
+
+class _Stored(collections.abc.Mapping):
+    r"""The arrays to write, by stored key: renamed and transformed when asked for.
+
+    Writers ask for one array at a time, so at most one transformed copy lives at once.
+    """
+
+    def __init__(self, arrays: Mapping[str, Any], source: Mapping[str, str], fns: Mapping[str, Callable]):
+        self.arrays, self.source, self.fns = arrays, source, fns
+
+    def __getitem__(self, key: str) -> Any:
+        x = self.arrays[self.source[key]]
+        return self.fns[key](x) if key in self.fns else x
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def name_arrays(
+    manifest: Manifest,
+    arrays: Mapping[str, Any],
+    *,
+    names: Names | None = None,
+    keep: Keep | None = None,
+    transforms: Transforms | None = None,
+) -> Tuple[Manifest, Mapping[str, Any], Dict[str, str]]:
+    r"""Moves a manifest and its arrays to stored names and transforms the arrays, on
+    their way to a file; without names or transforms, returns them as they are.
+
+    Returns:
+        The manifest to write, the arrays by stored key, and the extra file metadata
+        (see :meth:`inox_io.formats.Format.write`): with names, the dropped names
+        (``dropped -> kept``, as :func:`safetensors.torch.save_model` writes) and the
+        user metadata.
+
+    Example:
+        >>> e = nn.Parameter(jnp.ones((4, 2)))
+        >>> manifest, arrays = inox_io.manifest.build(nn.Scope(head=nn.Reference('e', e), wte=nn.Reference('e', e)))
+        >>> named, stored, extra = name_arrays(manifest, arrays, names=torch_names, transforms={'*': TRANSPOSE})
+        >>> named.arrays['head'].shape, stored['head'].shape, extra
+        ((2, 4), (2, 4), {'wte': 'head'})
+    """
+
+    if names is None:
+        if keep is not None:
+            raise ValueError("keep chooses among the names of a shared array: pass names too")
+        if not transforms:
+            return manifest, arrays, {}
+        named, source, extra = manifest, {key: key for key in manifest.arrays}, {}
+    else:
+        renamed = rename(manifest, names, keep)
+        named, source = renamed.manifest, renamed.source
+        extra = dict(renamed.dropped)
+        for key, value in manifest.metadata.items():
+            if key in extra or key == FORMAT:
+                raise ValueError(f"metadata {key!r} clashes with the name of a dropped array or with {FORMAT!r}")
+            extra[key] = value
+
+    fns = {key: pair[0] for key in source if (pair := find_transform(transforms, key))}
+    for key, fn in fns.items():
+        try:
+            named.arrays[key] = transformed_info(named.arrays[key], fn)
+        except TypeError as e:
+            raise TypeError(f"{key}: {e}") from None
+    return named, _Stored(arrays, source, fns), extra

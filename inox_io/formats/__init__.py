@@ -1,16 +1,23 @@
-r"""Storage formats, chosen by path: ``*.safetensors``, ``*.msgpack``, or a directory."""
+r"""Storage layouts, chosen by path: ``*.safetensors``, ``*.msgpack``,
+``*.safetensors.index.json``, or a directory. Each is a module behind the interface of
+:mod:`inox_io.formats.interface`; this module finds the one a path or a name asks for.
+
+Example:
+    >>> format_for('model.safetensors').name, format_named('msgpack').suffix
+    ('safetensors', '.msgpack')
+"""
 
 from __future__ import annotations
 
-__all__ = ["FORMATS", "format_for", "register"]
+__all__ = ["FORMATS", "Format", "Reader", "Target", "format_for", "format_named", "register", "open_checkpoint", "write_options"]
 
 import os
 
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
-from .base import Format, Reader, Target
 from .hf_index import HFIndexFormat
+from .interface import Format, Reader, Target
 from .msgpack_file import MsgpackFormat
 from .orbax_dir import OrbaxDirectoryFormat
 from .safetensors_file import SafetensorsFormat
@@ -29,9 +36,8 @@ def format_for(path: str | os.PathLike) -> Format:
     r"""Returns the format of a path, from its suffix (or being a directory);
     ``*.safetensors.index.json`` is a sharded safetensors checkpoint.
 
-    Example:
-        >>> format_for('model.safetensors').name
-        'safetensors'
+    Raises:
+        ValueError: for a path no format takes.
     """
 
     path = Path(path)
@@ -40,6 +46,56 @@ def format_for(path: str | os.PathLike) -> Format:
             return fmt
     raise ValueError(
         f"{path}: unknown checkpoint format; use a path ending in "
-        + ", ".join(f"'.{f.name}'" for f in FORMATS if f.name in ("safetensors", "msgpack"))
+        + ", ".join(repr(f.suffix) for f in FORMATS if f.suffix)
         + " or a directory"
     )
+
+
+def format_named(name: str) -> Format:
+    r"""Returns the format of a name (``'safetensors'``, ``'orbax'``, ...).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt
+    known = ", ".join(repr(f.name) for f in FORMATS)
+    raise ValueError(f"unknown item format {name!r}; known formats: {known}")
+
+
+def open_checkpoint(path: str | os.PathLike) -> Reader:
+    r"""Opens the checkpoint at :py:`path`, whatever its layout.
+
+    Raises:
+        ValueError: for a path no format takes.
+        FileNotFoundError: if there is nothing at :py:`path`.
+        CheckpointError: if the checkpoint is malformed.
+    """
+
+    path = Path(path)
+    fmt = format_for(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    return fmt.open(path)
+
+
+def write_options(fmt: Format, path: Path, **options: Any) -> Dict[str, Any]:
+    r"""Checks the write options given (those not :py:`None`) against what :py:`fmt`
+    takes, and normalizes them.
+
+    Example:
+        >>> write_options(format_for('m.safetensors'), Path('m.safetensors'), max_shard_size='1GB')
+        Traceback (most recent call last):
+          ...
+        ValueError: m.safetensors: max_shard_size is for sharded checkpoints (Hugging Face index), paths ending in '.safetensors.index.json'
+    """
+
+    given = {name: value for name, value in options.items() if value is not None}
+    for name in given:
+        if name not in fmt.options:
+            takers = [f for f in FORMATS if name in f.options]
+            where = ", ".join(f"{f.description}, paths ending in {f.suffix!r}" for f in takers) or "no format"
+            raise ValueError(f"{path}: {name} is for {where}")
+    return fmt.parse_options(path, **given) if fmt.options else {}

@@ -42,7 +42,8 @@ import jax
 from ..atomic import AtomicFile, fsync_directory, write_all
 from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
-from .base import Format, Reader, Target, write_payload_file
+from .interface import Format, Reader, Target
+from .payload import write_payload_file
 from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, header_entry
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -209,10 +210,13 @@ class IndexReader(Reader):
     def host(self, key: str) -> np.ndarray:
         return self.owner[key].host(key)
 
-    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
-        return [p for key in (self.manifest.arrays if keys is None else keys) for p in self.owner[key].verify([key])]
+    def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
+        problems = {}
+        for key in self.manifest.arrays if keys is None else keys:
+            problems.update(self.owner[key].verify([key]))
+        return problems
 
-    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         out: Dict[str, jax.Array] = {}
         for reader in self.shards.values():
             mine = {key: target for key, target in targets.items() if self.owner[key] is reader}
@@ -228,7 +232,9 @@ class IndexReader(Reader):
 class HFIndexFormat(Format):
     r"""``*.safetensors.index.json`` indices and their shards."""
 
-    name = "safetensors-index"
+    name, suffix = "safetensors-index", INDEX_SUFFIX
+    description = "sharded checkpoints (Hugging Face index)"
+    options = ("max_shard_size",)
 
     def matches(self, path: Path) -> bool:
         return path.name.endswith(INDEX_SUFFIX)
@@ -236,29 +242,27 @@ class HFIndexFormat(Format):
     def open(self, path: Path) -> IndexReader:
         return IndexReader(path)
 
-    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
-        self.write_with_metadata(path, manifest, arrays, {}, overwrite=overwrite)
+    def parse_options(self, path: Path, *, max_shard_size: int | str | None = None) -> Dict[str, Any]:
+        r"""Arguments:
+        max_shard_size: The largest shard, in bytes or as ``"5GB"`` (by default, 5 GB).
+        """
 
-    def write_with_metadata(
+        return {"max_shard_size": parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)}
+
+    def write(
         self,
         path: Path,
         manifest: Manifest,
         arrays: Mapping[str, Any],
-        extra: Mapping[str, str],
         *,
         overwrite: bool,
-        max_shard_size: int | str | None = None,
+        extra: Mapping[str, str] | None = None,
+        max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     ) -> None:
-        r"""Writes the shards, then the index.
+        r"""Writes the shards, then the index. An entry of :py:`extra` naming an alias
+        of the manifest goes only to the shard of its kept array."""
 
-        Arguments:
-            extra: Entries for the shards' ``__metadata__``; an entry naming an alias of
-                the manifest goes only to the shard of its kept array.
-            max_shard_size: The largest shard, in bytes or as ``"5GB"``.
-        """
-
-        path = Path(path)
-        limit = parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+        path, extra = Path(path), extra or {}
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
         try:
@@ -266,7 +270,7 @@ class HFIndexFormat(Format):
         except (FileNotFoundError, CheckpointError):
             old = set()  # no index, or a damaged one: no shards known to keep safe
 
-        plan = plan_shards(manifest, limit)
+        plan = plan_shards(manifest, max_shard_size)
         names = shard_file_names(path, len(plan), old)
         written: List[Path] = []
         try:

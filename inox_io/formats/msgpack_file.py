@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
-from .base import FileReader, Format, write_payload_file
+from .interface import Format
+from .payload import FileReader, write_payload_file
 
 ARRAYS = "arrays"
 
@@ -49,12 +50,21 @@ def encode_header(manifest: Manifest) -> bytes:
 class MsgpackFormat(Format):
     r"""``*.msgpack`` files."""
 
-    name = "msgpack"
+    name, suffix, description = "msgpack", ".msgpack", "single msgpack files"
 
     def matches(self, path: Path) -> bool:
         return path.suffix == ".msgpack"
 
-    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+    def write(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        *,
+        overwrite: bool,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        # No place for extra metadata: the manifest holds what it repeats.
         payloads = []
         for key, info in manifest.arrays.items():
             try:

@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
 from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
-from ..errors import CheckpointError
+from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
-from .base import Checksums, Format, Reader, Target, crc32, host_bytes, place
+from .checksums import Checksums, crc32
+from .interface import Format, Reader, Target
+from .transfer import host_bytes, place
 
 MANIFEST = "manifest.json"
 ARRAYS = "arrays"
@@ -161,12 +163,21 @@ def host_only(info: ArrayInfo) -> bool:
 class OrbaxDirectoryFormat(Format):
     r"""Directories: existing ones, and paths without a suffix."""
 
-    name = "orbax"
+    name, suffix, description = "orbax", "", "checkpoint directories"
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() or path.suffix == ""
 
-    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
+    def write(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        *,
+        overwrite: bool,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        # No place for extra metadata: the manifest holds what it repeats.
         import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
 
         path = Path(path).absolute()
@@ -380,14 +391,18 @@ class OrbaxReader(Reader):
             raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})") from None
         return {names[name]: x for name, x in restored.items()}
 
-    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         import orbax.checkpoint as ocp
 
         items, args, after, out = {}, {}, {}, {}
         for key, target in targets.items():
             info = self.manifest.arrays[key]
-            if empty(info):
-                out[key] = place(info, np.zeros(info.storage_shape, info.storage_dtype), target)
+            if empty(info) or target.transform is not None:
+                # A transform runs on the host: its output's shape decides the placement.
+                stored = self.stored_host(key)
+                if verify:
+                    self.check_checksums({key: stored})
+                out[key] = place(*target.apply(info, from_orbax(info, stored)), target)
                 continue
             self.check(key)
             shape, dtype = info.storage_shape, orbax_dtype(info)
@@ -440,7 +455,7 @@ class OrbaxReader(Reader):
     def check_checksums(self, restored: Mapping[str, Any]) -> None:
         damaged = self.mismatches(restored)
         if damaged:
-            raise CheckpointError(self.path, "; ".join(f"{key}: checksum mismatch (corrupted data)" for key in damaged))
+            raise damage_error(self.path, dict.fromkeys(damaged, CHECKSUM_MISMATCH))
 
     def stored_host(self, key: str) -> np.ndarray:
         r"""The entry of :py:`key` on the host, as orbax stores it (see :func:`to_orbax`)."""
@@ -460,17 +475,17 @@ class OrbaxReader(Reader):
             return np.zeros(info.storage_shape, info.storage_dtype)
         return from_orbax(info, self.stored_host(key))
 
-    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
+    def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
         r"""Reads every array through orbax onto the host and checks its checksum, where
         the manifest has one. Tensorstore's own checks catch missing, truncated or
         undecodable data; without a checksum (a save across processes), a changed byte
         may pass."""
 
-        problems = []
+        problems = {}
         for key in self.manifest.arrays if keys is None else keys:
             try:
                 if self.mismatches({key: self.stored_host(key)}):
-                    problems.append(f"{self.path}: {key}: checksum mismatch (corrupted data)")
+                    problems[key] = CHECKSUM_MISMATCH
             except CheckpointError as e:
-                problems.append(f"{self.path}: {key}: {e.message}")
+                problems[key] = e.message
         return problems

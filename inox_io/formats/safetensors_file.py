@@ -19,8 +19,9 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
-from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, _no_duplicate_keys, shape_problem
-from .base import FileReader, Format, write_payload_file
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys, shape_problem
+from .interface import Format
+from .payload import FileReader, write_payload_file
 
 #: Manifest dtype name -> safetensors dtype name.
 SAFETENSORS_DTYPES = {
@@ -68,30 +69,25 @@ def encode_header(manifest: Manifest, ranges: Mapping[str, Tuple[int, int]], ext
 class SafetensorsFormat(Format):
     r"""``*.safetensors`` files."""
 
-    name = "safetensors"
+    name, suffix, description = "safetensors", ".safetensors", "single safetensors files"
 
     def matches(self, path: Path) -> bool:
         return path.suffix == ".safetensors"
 
-    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
-        self.write_with_metadata(path, manifest, arrays, {}, overwrite=overwrite)
-
-    def write_with_metadata(
+    def write(
         self,
         path: Path,
         manifest: Manifest,
         arrays: Mapping[str, Any],
-        extra: Mapping[str, str],
         *,
         overwrite: bool,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
-        r"""Writes the file with extra string entries in ``__metadata__``."""
-
         ranges = layout(manifest)
         write_payload_file(
             path,
             manifest,
-            lambda m: encode_header(m, ranges, extra),
+            lambda m: encode_header(m, ranges, extra or {}),
             lambda text: json.dumps(text)[1:-1],
             [(b"", key) for key in ranges],
             arrays,
@@ -113,7 +109,7 @@ class SafetensorsReader(FileReader):
             self.fail(f"header length {length} exceeds the file size {len(buffer)} (truncated?)")
         try:
             # Duplicates refused: the last would silently win, unlike in other readers.
-            header = json.loads(bytes(buffer[8 : 8 + length]), object_pairs_hook=_no_duplicate_keys)
+            header = json.loads(bytes(buffer[8 : 8 + length]), object_pairs_hook=no_duplicate_keys)
         except (ValueError, RecursionError) as e:
             self.fail(f"malformed safetensors header ({e})")
         if not isinstance(header, dict):

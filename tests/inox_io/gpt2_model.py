@@ -44,6 +44,21 @@ class Config(NamedTuple):
         return cls(**{name: config[name] for name in cls._fields if name in config})
 
 
+class LayerNorm(nn.Module):
+    r"""Hugging Face's ``LayerNorm``: a normalization with a learned scale (``weight``)
+    and shift (``bias``), and a Python float epsilon (a hyper-parameter, not stored)."""
+
+    def __init__(self, features: int, eps: float):
+        self.eps = eps
+        self.weight = nn.Parameter(jnp.ones(features))
+        self.bias = nn.Parameter(jnp.zeros(features))
+
+    def __call__(self, x: Array) -> Array:
+        mean = x.mean(axis=-1, keepdims=True)
+        variance = x.var(axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(variance + self.eps) * self.weight() + self.bias()
+
+
 class Attention(nn.Module):
     r"""Causal self-attention with fused query-key-value projection (``c_attn``)."""
 
@@ -76,9 +91,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: Config, *, key: Array):
         k1, k2 = jax.random.split(key)
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = Attention(config, key=k1)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config, key=k2)
 
     def __call__(self, x: Array) -> Array:
@@ -92,7 +107,7 @@ class Transformer(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd, key=keys[0])
         self.wpe = nn.Embedding(config.n_positions, config.n_embd, key=keys[1])
         self.h = [Block(config, key=k) for k in keys[2:]]
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
 class GPT2(nn.Scope):

@@ -16,7 +16,7 @@ import inox
 import inox.nn as nn
 import inox_io
 import inox_io.atomic as atomic
-import inox_io.formats.base as base
+import inox_io.formats.payload as payload
 from inox_io import CheckpointError
 
 from models import UntiedMLP, WeightSharingMLP, assert_trees_bits_equal, bits_equal
@@ -180,8 +180,8 @@ def test_failed_save_leaves_old_file_and_no_temporary(tmp_path, fmt, model, monk
             raise RuntimeError("device lost")
         return host_bytes(x)
 
-    host_bytes = base.host_bytes
-    monkeypatch.setattr(base, "host_bytes", failing_host_bytes)
+    host_bytes = payload.host_bytes
+    monkeypatch.setattr(payload, "host_bytes", failing_host_bytes)
     with pytest.raises(RuntimeError, match="device lost"):
         inox_io.save(path, WeightSharingMLP(jax.random.key(7), features=FEATURES), overwrite=overwrite)
 
@@ -193,14 +193,14 @@ def test_failed_save_leaves_old_file_and_no_temporary(tmp_path, fmt, model, monk
 
 def test_target_appearing_during_save_is_not_replaced(tmp_path, fmt, model, monkeypatch):
     path = tmp_path / f"seed.{fmt}"
-    write_all = base.write_all
+    write_all = payload.write_all
 
     def racing_write_all(fd, data):
         if not path.exists():
             path.write_bytes(b"another writer")
         return write_all(fd, data)
 
-    monkeypatch.setattr(base, "write_all", racing_write_all)
+    monkeypatch.setattr(payload, "write_all", racing_write_all)
     with pytest.raises(FileExistsError):
         inox_io.save(path, model)
 

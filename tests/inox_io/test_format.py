@@ -772,7 +772,7 @@ def test_msgpack_trailing_bytes_refused(tmp_path):
 
 
 def test_default_device_placement_matches_device_put(monkeypatch):
-    from inox_io.formats import base
+    from inox_io.formats import transfer as base
 
     hosts = [np.arange(5, dtype=np.float32), np.ones((2, 3), ml_dtypes.bfloat16), np.zeros(0, np.int8)]
     expected = jax.device_put(hosts)
@@ -787,7 +787,7 @@ def test_default_device_placement_matches_device_put(monkeypatch):
 
 
 def test_default_device_placement_follows_jax_default_device():
-    from inox_io.formats import base
+    from inox_io.formats import transfer as base
 
     device = jax.devices()[-1]
     with jax.default_device(device):

@@ -24,7 +24,8 @@ from inox_io import CheckpointError, CheckpointManager
 from inox_io.atomic import TEMP_PREFIX
 from inox_io.formats import FORMATS
 from inox_io.formats.safetensors_file import SafetensorsFormat
-from inox_io.manager import LOCK_FILE, METADATA_FILE, DirectoryLockedError, _host_array
+from inox_io.manager import LOCK_FILE, METADATA_FILE, DirectoryLockedError
+from inox_io.manager.snapshot import host_array
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -266,9 +267,9 @@ def test_async_save_survives_what_the_caller_does_next(tmp_path, gate, what_next
 @cpu_only
 def test_snapshot_copies_only_what_may_change():
     x = jnp.arange(1000.0)  # on the CPU: held, not copied
-    assert np.shares_memory(_host_array(x), np.asarray(x))
+    assert np.shares_memory(host_array(x), np.asarray(x))
     w = np.arange(1000.0)  # mutable: copied
-    assert not np.shares_memory(_host_array(w), w)
+    assert not np.shares_memory(host_array(w), w)
 
 
 def test_sync_save(tmp_path):
@@ -283,7 +284,7 @@ def test_background_error_is_raised_later(tmp_path, monkeypatch):
     def broken_rename(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("inox_io.manager.os.rename", broken_rename)
+    monkeypatch.setattr("inox_io.manager.manager.os.rename", broken_rename)
     assert manager.save(1, {"w": np.ones(2)})  # the failure happens in the background
     with pytest.raises(OSError, match="No space left"):
         manager.wait_until_finished()
@@ -461,7 +462,7 @@ def test_context_manager(tmp_path):
 
 
 def test_context_manager_keeps_the_original_exception(tmp_path, monkeypatch):
-    monkeypatch.setattr("inox_io.manager.os.rename", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    monkeypatch.setattr("inox_io.manager.manager.os.rename", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     with pytest.warns(UserWarning, match="disk gone"), pytest.raises(KeyError, match="mine"):
         with CheckpointManager(tmp_path) as manager:
             manager.save(1, {"w": np.ones(1)})

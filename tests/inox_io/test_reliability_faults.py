@@ -184,7 +184,7 @@ def test_saves_call_the_system_only_through_the_injection_points():
     r"""A direct :mod:`os` write call in the save path would escape these tests."""
 
     root = Path(inox_io.__file__).parent
-    sources = [root / "atomic.py", *(root / "formats" / f for f in ("base.py", "safetensors_file.py", "msgpack_file.py"))]
+    sources = [root / "atomic.py", *(root / "formats" / f for f in ("payload.py", "checksums.py", "transfer.py", "safetensors_file.py", "msgpack_file.py"))]
     direct = re.compile(
         r"\bos\.(open|write|pwrite|writev|pwritev|fsync|fdatasync|close|replace|rename|link|unlink|remove"
         r"|truncate|ftruncate|posix_fallocate|sendfile|copy_file_range)\("

@@ -38,7 +38,7 @@ import inox_io
 
 from crash_worker import make_tree
 from inox_io.formats import format_for
-from inox_io.formats.base import Target
+from inox_io.formats import Target
 
 FORMATS = ["safetensors", "msgpack"]
 TREE = {"model": make_tree(5), "key": jax.random.key(3)}

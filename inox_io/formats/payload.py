@@ -1,23 +1,19 @@
-r"""The storage interface, and the machinery shared by the single-file formats.
+r"""The engine of the single-file layouts (safetensors, msgpack): a header holding the
+manifest, then each array's raw bytes at a known offset.
 
-A format writes a manifest and the arrays it describes, and reads arrays back by key,
-placed on devices. The single-file formats (safetensors, msgpack) share one layout
-idea: a header holding the manifest, then each array's raw bytes at a known offset.
-They are written in one streaming pass: each array's bytes go straight from its buffer
-to the file, many arrays per ``writev`` call, while a background thread computes the
-checksums. They are read back the same way: many arrays per ``preadv`` call, straight
-into fresh buffers that become the arrays, checksums computed in the background.
+Files are written in one streaming pass: each array's bytes go straight from its
+buffer to the file, many arrays per ``writev`` call, while a background thread computes
+the checksums. They are read back the same way: many arrays per ``preadv`` call,
+straight into fresh buffers that become the arrays, checksums computed in the
+background.
 """
 
 from __future__ import annotations
 
-__all__ = ["Format", "Reader", "Target", "FileReader", "host_bytes", "place", "write_payload_file"]
+__all__ = ["FileReader", "write_payload_file"]
 
 import abc
-import collections
 import concurrent.futures
-import dataclasses
-import jax
 import math
 import mmap
 import numpy as np
@@ -27,14 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ..atomic import MAX_BUFFERS, AtomicFile, advance, pwrite_all, syscalls, write_all, writev_all
-from ..dtypes import is_key_dtype
-from ..errors import CheckpointError
-from ..manifest import ArrayInfo, Manifest
-
-try:  # the same function as zlib's, several times faster (SIMD)
-    from zlib_ng.zlib_ng import crc32
-except ImportError:  # pragma: no cover
-    from zlib import crc32
+from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
+from ..manifest import Manifest
+from .checksums import Checksums, Piece, crc32
+from .interface import Reader, Target
+from .transfer import host_bytes, place, place_all
 
 #: Bytes per write call and per checksum job: large enough that a call's cost is
 #: nothing next to its copy, small enough that checksums and writeback overlap the
@@ -56,160 +49,9 @@ RUN_BYTES = 8 * 2**20
 #: buffer rather than splitting a run of arrays read together.
 MAX_GAP_BYTES = 64 * 2**10
 
-#: Whole arrays below this are checksummed in the caller's thread (see
-#: :class:`Checksums`; at zlib-ng's ~25 GB/s, 1 MiB takes 40 us).
-INLINE_CRC_BYTES = 2**20
-
 #: Alignment of the buffers arrays are read into: JAX on CPU adopts 64-byte aligned
 #: host buffers without copying them.
 ALIGNMENT = 64
-
-Piece = Tuple[str, memoryview]  #: consecutive bytes of a stored key
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    r"""Where a stored array goes: the sharding to place it on (:py:`None` for the
-    default device)."""
-
-    sharding: jax.sharding.Sharding | None = None
-
-
-class Reader(abc.ABC):
-    r"""An open checkpoint."""
-
-    path: Path
-    manifest: Manifest
-
-    @abc.abstractmethod
-    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
-        r"""Reads the arrays of :py:`targets` (stored keys) onto their shardings."""
-
-    @abc.abstractmethod
-    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
-        r"""Checks the stored bytes against the manifest; returns the problems found."""
-
-    @abc.abstractmethod
-    def host(self, key: str) -> np.ndarray:
-        r"""Returns the stored array of :py:`key` on the host, in storage dtype/shape."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Format(abc.ABC):
-    r"""A storage format: recognizes its paths, writes and opens checkpoints."""
-
-    name: str
-
-    @abc.abstractmethod
-    def matches(self, path: Path) -> bool:
-        r"""Whether :py:`path` (existing or not) is in this format."""
-
-    @abc.abstractmethod
-    def write(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], *, overwrite: bool) -> None:
-        r"""Writes the arrays under their keys with the manifest, atomically.
-
-        Fills in the checksums of :py:`manifest`.
-        """
-
-    @abc.abstractmethod
-    def open(self, path: Path) -> Reader:
-        r"""Opens a checkpoint for reading.
-
-        Raises:
-            CheckpointError: if the file is malformed.
-        """
-
-
-def host_bytes(x: Any) -> np.ndarray:
-    r"""Returns the bytes of an array as a flat, contiguous :py:`uint8` host array,
-    without copying when the array already lives on the host."""
-
-    if isinstance(x, jax.Array):
-        if is_key_dtype(x.dtype):
-            x = jax.random.key_data(x)
-        # One process holds every array whole (a cheaper test, for thousands of arrays).
-        if jax.process_count() > 1 and not x.is_fully_addressable:
-            raise ValueError(
-                "this array spans several processes; save it to a directory (orbax format), "
-                "where each process writes its own shards"
-            )
-    host = np.asarray(x)
-    if not host.dtype.isnative:
-        host = host.astype(host.dtype.newbyteorder("="))  # files are little-endian
-    elif not host.flags.c_contiguous:
-        host = np.ascontiguousarray(host)
-    return (host if host.ndim == 1 else host.reshape(-1)).view(np.uint8)
-
-
-class Checksums:
-    r"""The CRC-32 of each key, computed while the caller writes or reads the next bytes.
-
-    Pieces go to one background thread, in submission order (:func:`crc32`
-    releases the GIL), so that their checksums cost no time next to the I/O. Small
-    arrays (below :data:`INLINE_CRC_BYTES`) are checksummed at once, in the caller's
-    thread: the caller runs Python code between its system calls (describing arrays,
-    placing them with JAX), and a thread checksumming thousands of small arrays would
-    wait for the GIL after each one, longer than the checksum takes.
-
-    Example:
-        >>> with Checksums() as crcs:
-        ...     crcs.submit([('a', memoryview(b'hello ')), ('a', memoryview(b'world'))])
-        >>> crcs.hex('a') == f"{crc32(b'hello world'):08x}"
-        True
-    """
-
-    def __init__(self):
-        self.values: Dict[str, int] = {}
-        self.threaded: set = set()  # keys whose pieces go to the thread, to keep their order
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32")
-        self.pending: collections.deque = collections.deque()
-
-    def submit(self, pieces: Sequence[Piece]) -> None:
-        r"""Adds pieces of bytes, in order, to the checksums of their keys."""
-
-        background = []
-        for key, data in pieces:
-            if key in self.threaded or len(data) >= INLINE_CRC_BYTES:
-                self.values.setdefault(key, 0)
-                self.threaded.add(key)
-                background.append((key, data))
-            else:  # a whole small array: only a large array's first piece is large
-                self.values[key] = crc32(data, self.values.get(key, 0))
-        if background:
-            self.pending.append(self.pool.submit(self.update, background))
-
-    def update(self, pieces: Sequence[Piece]) -> None:
-        for key, data in pieces:
-            self.values[key] = crc32(data, self.values[key])
-
-    def wait(self, pending: int = 0) -> None:
-        r"""Waits until at most :py:`pending` jobs are left (which bounds the buffers
-        kept alive for them), and raises their errors."""
-
-        while len(self.pending) > pending:
-            self.pending.popleft().result()
-
-    def hex(self, key: str) -> str:
-        return f"{self.values[key]:08x}"
-
-    def __enter__(self) -> Checksums:
-        return self
-
-    def __exit__(self, kind, *exc) -> None:
-        try:
-            if kind is None:
-                self.wait()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
 
 class Writeback:
     r"""Starts writing each run of a file to disk as soon as it is written, from a
@@ -361,97 +203,6 @@ def write_payload_file(
         pwrite_all(f.fd, final, 0)
 
 
-def place(info: ArrayInfo, view: np.ndarray, target: Target) -> jax.Array:
-    r"""Places a host array (storage dtype and shape) on its target sharding.
-
-    64-bit arrays stay exact NumPy arrays when JAX runs without ``jax_enable_x64``.
-
-    With a sharding, each device reads only its own slice of :py:`view` (for a memory
-    map, only the pages of that slice are touched).
-    """
-
-    if info.key_impl:
-        keys = jax.random.wrap_key_data(np.asarray(view), impl=info.key_impl)
-        return jax.device_put(keys, target.sharding) if target.sharding is not None else keys
-
-    if jax.dtypes.canonicalize_dtype(view.dtype) != view.dtype:
-        # 64-bit data with jax_enable_x64 off: JAX would silently narrow it.
-        if target.sharding is not None:
-            raise ValueError(f"{info.dtype} arrays need jax_enable_x64 to be placed on a sharding")
-        return np.array(view)
-
-    if target.sharding is None:
-        return jax.device_put(view)
-    return jax.make_array_from_callback(info.shape, target.sharding, lambda index: view[index])
-
-
-def _plain(info: ArrayInfo, target: Target) -> bool:
-    r"""Whether an array can go through a batched :func:`jax.device_put`: not a key,
-    not narrowed by JAX, and placed on this process' devices only."""
-
-    if info.key_impl or jax.dtypes.canonicalize_dtype(info.storage_dtype) != info.storage_dtype:
-        return False
-    return target.sharding is None or target.sharding.is_fully_addressable
-
-
-try:  # internal to JAX: see device_put_default
-    from jax._src.interpreters.pxla import batched_device_put as _batched_put
-except ImportError:  # pragma: no cover
-    _batched_put = None
-
-
-def device_put_default(hosts: List[np.ndarray]) -> List[jax.Array]:
-    r"""Does :py:`jax.device_put(hosts)`: each host array onto the default device,
-    uncommitted, adopted without a copy where JAX can.
-
-    Through JAX's own batched transfer (``pxla.batched_device_put``, what
-    :func:`jax.make_array_from_callback` ends in) when it is there: :func:`jax.device_put`
-    spends ~20 us of Python per array before it, which made placing 2,000 small arrays
-    take longer than reading them. Internal to JAX, so any failure (a JAX that changed
-    it) falls back to :func:`jax.device_put` for good, and a default device set by
-    configuration takes the public path too.
-
-    Example:
-        >>> x = device_put_default([np.arange(3.0, dtype=np.float32)])[0]
-        >>> x, x.committed
-        (Array([0., 1., 2.], dtype=float32), False)
-    """
-
-    global _batched_put
-    if _batched_put is not None and jax.config.jax_default_device is None:
-        device = jax.local_devices()[0]
-        sharding = jax.sharding.SingleDeviceSharding(device)
-        try:
-            out = [
-                _batched_put(jax.core.ShapedArray(x.shape, x.dtype), sharding, [x], [device], committed=False)
-                for x in hosts
-            ]
-            if all(isinstance(y, jax.Array) and not y.committed for y in out[:1]):
-                return out
-        except Exception:
-            pass
-        _batched_put = None
-    return jax.device_put(hosts)
-
-
-def place_all(
-    infos: Mapping[str, ArrayInfo], hosts: Mapping[str, np.ndarray], targets: Mapping[str, Target]
-) -> Dict[str, Any]:
-    r"""Places host arrays on their targets like :func:`place`, the plain ones with one
-    :func:`jax.device_put` for the default device and one for shardings: a call per
-    array costs more than placing a small array."""
-
-    out = {key: place(infos[key], hosts[key], targets[key]) for key in hosts if not _plain(infos[key], targets[key])}
-    default = [key for key in hosts if key not in out and targets[key].sharding is None]
-    sharded = [key for key in hosts if key not in out and targets[key].sharding is not None]
-    if default:
-        out.update(zip(default, device_put_default([hosts[key] for key in default])))
-    if sharded:
-        values = jax.device_put([hosts[key] for key in sharded], [targets[key].sharding for key in sharded])
-        out.update(zip(sharded, values))
-    return out
-
-
 def _aligned_empty(nbytes: int) -> np.ndarray:
     r"""A fresh byte buffer starting at an :data:`ALIGNMENT` boundary."""
 
@@ -555,12 +306,12 @@ class FileReader(Reader):
         begin, end = self.ranges[key]
         return f"{crc32(memoryview(self.buffer)[begin:end]):08x}"
 
-    def verify(self, keys: Iterable[str] | None = None) -> List[str]:
-        problems = []
+    def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
+        problems = {}
         for key in self.manifest.arrays if keys is None else keys:
             expected = self.manifest.arrays[key].crc32
             if expected is not None and self.checksum(key) != expected:
-                problems.append(f"{self.path}: {key}: checksum mismatch (corrupted data)")
+                problems[key] = CHECKSUM_MISMATCH
         return problems
 
     def runs(self, keys: Iterable[str]) -> List[List[str]]:
@@ -634,15 +385,19 @@ class FileReader(Reader):
             total += n
         return total
 
-    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, jax.Array]:
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         infos = self.manifest.arrays
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}
         with Checksums() as crcs:
             for keys in self.runs(k for k in targets if k not in spanning):
-                out.update(place_all(infos, self.read(keys, crcs if verify else None), targets))
-        problems = []
+                hosts = self.read(keys, crcs if verify else None)
+                placed = {key: targets[key].apply(infos[key], hosts.pop(key)) for key in keys}
+                out.update(
+                    place_all({k: v[0] for k, v in placed.items()}, {k: v[1] for k, v in placed.items()}, targets)
+                )
+        problems = {}
         if verify:
             for key in targets:
                 expected = infos[key].crc32
@@ -650,8 +405,9 @@ class FileReader(Reader):
                     continue
                 found = self.checksum(key) if key in spanning else crcs.hex(key)
                 if found != expected:
-                    problems.append(f"{key}: checksum mismatch (corrupted data)")
+                    problems[key] = CHECKSUM_MISMATCH
         if problems:
-            raise CheckpointError(self.path, "; ".join(problems))
-        out.update({key: place(infos[key], self.host(key), targets[key]) for key in spanning})
+            raise damage_error(self.path, problems)
+        for key in spanning:
+            out[key] = place(*targets[key].apply(infos[key], self.host(key)), targets[key])
         return out
