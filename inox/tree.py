@@ -21,9 +21,12 @@ __all__ = [
     "Namespace",
     "Partial",
     "Static",
+    "Mask",
     "is_array",
     "mask",
     "unmask",
+    "mask_static",
+    "unmask_static",
     "partition",
     "combine",
     "leaf_paths",
@@ -119,7 +122,7 @@ class Static(metaclass=PyTreeMeta):
         self.value = value
 
     def __eq__(self, other: Any) -> bool:
-        if type(other) is not Static:
+        if type(other) is not type(self):
             return False
         if self.value is other.value:
             return True
@@ -130,12 +133,16 @@ class Static(metaclass=PyTreeMeta):
 
     def __hash__(self) -> int:
         try:
-            return hash((type(self.value), self.value))
+            return hash((type(self), type(self.value), self.value))
         except TypeError:
-            return hash(type(self.value))
+            return hash((type(self), type(self.value)))
 
     def __repr__(self) -> str:
-        return f"Static({self.value!r})"
+        return prepr(self)
+
+    def __prepr__(self, printer, indent: int) -> str:
+        name = type(self).__name__
+        return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
     def tree_flatten(self):
         return (), self.value
@@ -153,17 +160,34 @@ class Static(metaclass=PyTreeMeta):
         return type(self), (self.value,)
 
 
-def _wrap_static(is_static: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    return lambda x: Static(x) if is_static(x) else x
+class Mask(Static):
+    r"""The :class:`Static` that :func:`mask` wraps leaves in, and that :func:`unmask`
+    unwraps: a :class:`Static` set by hand is left as it is by both.
+
+    Example:
+        >>> mask([1, jnp.arange(2), 'three'])
+        [Mask(1), Array([0, 1], dtype=int32), Mask('three')]
+        >>> unmask([Mask(1), Static(2)])
+        [1, Static(2)]
+    """
+
+    __slots__ = ()
 
 
-def _unwrap_static(x: Any) -> Any:
-    return x.value if isinstance(x, Static) else x
+def _is_mask(x: Any) -> bool:
+    return type(x) is Mask
+
+
+def _unwrap_mask(x: Any) -> Any:
+    return x.value if _is_mask(x) else x
 
 
 def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree:
-    r"""Wraps the non-array leaves of a tree in :class:`Static`, hiding them from
-    :func:`jax.tree.leaves`.
+    r"""Wraps the non-array leaves of a tree in :class:`Mask`, hiding them from
+    :func:`jax.tree.leaves` and :func:`jax.tree.map`.
+
+    The masked values become part of the tree definition. Masking a masked tree gives
+    the same tree, as masks are leafless.
 
     Arguments:
         tree: A tree.
@@ -172,21 +196,45 @@ def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree
     Example:
         >>> jax.tree.leaves(mask({'a': jnp.zeros(1), 'n': 3}))
         [Array([0.], dtype=float32)]
+        >>> mask(mask({'n': 3}))
+        {'n': Mask(3)}
     """
 
-    wrap = _wrap_static(is_static or (lambda x: not is_array(x)))
-    return jax.tree.map(wrap, tree)
+    is_static = is_static or (lambda x: not is_array(x))
+    return jax.tree.map(lambda x: Mask(x) if is_static(x) else x, tree)
 
 
 def unmask(tree: PyTree) -> PyTree:
-    r"""Inverse of :func:`mask`: unwraps every :class:`Static` of a tree.
+    r"""Inverse of :func:`mask`: unwraps every :class:`Mask` of a tree.
 
     Example:
         >>> unmask(mask({'a': jnp.zeros(1), 'n': 3}))['n']
         3
     """
 
-    return jax.tree.map(_unwrap_static, tree, is_leaf=lambda x: isinstance(x, Static))
+    return jax.tree.map(_unwrap_mask, tree, is_leaf=_is_mask)
+
+
+def mask_static(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree:
+    r"""The name of :func:`mask` in inox 0.7.
+
+    Example:
+        >>> mask_static(['relu', jnp.ones(1)])
+        [Mask('relu'), Array([1.], dtype=float32)]
+    """
+
+    return mask(tree, is_static)
+
+
+def unmask_static(tree: PyTree) -> PyTree:
+    r"""The name of :func:`unmask` in inox 0.7.
+
+    Example:
+        >>> unmask_static(mask_static(['relu', jnp.ones(1)]))
+        ['relu', Array([1.], dtype=float32)]
+    """
+
+    return unmask(tree)
 
 
 def mask_children(tree: PyTree) -> PyTree:
@@ -197,7 +245,7 @@ def mask_children(tree: PyTree) -> PyTree:
     """
 
     def wrap(x: Any) -> Any:
-        return x if is_node(x) or is_array(x) or x is None else Static(x)
+        return x if is_node(x) or is_array(x) or x is None else Mask(x)
 
     return jax.tree.map(wrap, tree, is_leaf=is_node)
 
@@ -205,19 +253,25 @@ def mask_children(tree: PyTree) -> PyTree:
 def unmask_children(tree: PyTree) -> PyTree:
     r"""Inverse of :func:`mask_children`."""
 
-    return jax.tree.map(_unwrap_static, tree, is_leaf=is_node)
+    return jax.tree.map(_unwrap_mask, tree, is_leaf=is_node)
 
 
 class Namespace(metaclass=PyTreeMeta):
     r"""PyTree of named attributes, flattened in sorted name order.
 
+    Its representation lists one attribute per line, in sorted order; attributes whose
+    name starts with an underscore are left out.
+
     Arguments:
         kwargs: A name-value mapping.
 
     Example:
-        >>> ns = Namespace(b=jnp.zeros(2), a=1.0)
+        >>> ns = Namespace(b='2', a=1)
         >>> ns
-        Namespace(a=1.0, b=float32[2])
+        Namespace(
+          a = 1,
+          b = '2'
+        )
         >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(ns)]
         ['.a', '.b']
     """
@@ -249,8 +303,9 @@ class Namespace(metaclass=PyTreeMeta):
         return self
 
 
-class Partial(metaclass=PyTreeMeta):
-    r"""A :func:`functools.partial` whose function and arguments are PyTree children.
+class Partial(Namespace):
+    r"""A :func:`functools.partial` whose function and arguments are PyTree children,
+    the attributes :py:`func`, :py:`args` and :py:`kwds`.
 
     Unlike :class:`jax.tree_util.Partial`, the function itself may hold arrays (a
     module, for instance). Use :func:`mask` to hide non-array leaves.
@@ -258,7 +313,7 @@ class Partial(metaclass=PyTreeMeta):
     Arguments:
         func: The function.
         args: Positional arguments to prepend.
-        keywords: Keyword arguments.
+        kwds: Keyword arguments.
 
     Example:
         >>> f = Partial(jnp.multiply, jnp.asarray(2.0))
@@ -266,32 +321,17 @@ class Partial(metaclass=PyTreeMeta):
         Array(6., dtype=float32, weak_type=True)
         >>> unmask(jax.tree.map(lambda x: x * 2, mask(f)))(3.0)
         Array(12., dtype=float32, weak_type=True)
+        >>> Partial(print, sep='-')('a', 'b')
+        a-b
     """
 
-    def __init__(self, func: Callable, *args: Any, **keywords: Any):
+    def __init__(self, func: Callable, *args: Any, **kwds: Any):
         self.func = func
         self.args = args
-        self.keywords = keywords
+        self.kwds = kwds
 
-    def __call__(self, *args: Any, **keywords: Any) -> Any:
-        return self.func(*self.args, *args, **{**self.keywords, **keywords})
-
-    def __repr__(self) -> str:
-        return prepr(self)
-
-    def tree_flatten_with_keys(self):
-        children = [
-            (jtu.GetAttrKey("func"), self.func),
-            (jtu.GetAttrKey("args"), self.args),
-            (jtu.GetAttrKey("keywords"), self.keywords),
-        ]
-        return children, None
-
-    @classmethod
-    def tree_unflatten(cls, aux: None, children: Sequence) -> Partial:
-        self = object.__new__(cls)
-        self.func, self.args, self.keywords = children
-        return self
+    def __call__(self, *args: Any, **kwds: Any) -> Any:
+        return self.func(*self.args, *args, **{**self.kwds, **kwds})
 
 
 def _as_predicate(f: Filter) -> Callable[[Any], bool]:
@@ -478,18 +518,24 @@ def walk(tree: PyTree) -> Iterator[Tuple[KeyPath, Any, bool]]:
 def find_duplicates(tree: PyTree) -> List[List[str]]:
     r"""Returns the groups of key paths that hold the same Python object.
 
-    Numbers, strings and tuples are not considered, as the interpreter shares them.
-    Cycles are allowed.
+    Numbers, strings and tuples are not considered, as the interpreter shares them;
+    arrays are. Cycles are allowed: a node that contains the root is grouped with the
+    root, whose path is ``''``.
 
     Example:
         >>> w = jnp.ones(3)
         >>> find_duplicates({'a': w, 'b': [w], 'c': jnp.ones(3)})
         [["['a']", "['b'][0]"]]
+        >>> a = []
+        >>> b = {'c': a, 'd': None, 'e': ['f', a]}
+        >>> b['h'] = b
+        >>> find_duplicates(b)
+        [['', "['h']"], ["['c']", "['e'][1]"]]
     """
 
     groups: Dict[int, List[str]] = {}
     for path, node, _ in walk(tree):
-        if _counts_as_object(node) and path:
+        if _counts_as_object(node):
             groups.setdefault(id(node), []).append(jtu.keystr(path))
 
     return [paths for paths in groups.values() if len(paths) > 1]
@@ -507,7 +553,9 @@ class _Printer:
     r"""Recursive pretty printer behind :func:`prepr`.
 
     Nodes may define :py:`__prepr__(self, printer, indent)`, which calls
-    :py:`printer(child, column)` with the column at which the child starts.
+    :py:`printer(child, column)` with the column at which the child starts, or, as in
+    the original inox, :py:`tree_repr(self, **kwargs)`, which gets the keyword
+    arguments of :func:`prepr`.
     """
 
     def __init__(self, linewidth: int, typeonly: bool):
@@ -553,6 +601,13 @@ class _Printer:
         if id(x) in self.ancestors:
             return self.cycle(x)
 
+        if hasattr(type(x), "tree_repr"):
+            self.ancestors.add(id(x))
+            try:
+                return x.tree_repr(linewidth=self.linewidth, typeonly=self.typeonly)
+            finally:
+                self.ancestors.discard(id(x))
+
         method = getattr(type(x), "__prepr__", None)
         if method is not None:
             self.ancestors.add(id(x))
@@ -561,7 +616,7 @@ class _Printer:
             finally:
                 self.ancestors.discard(id(x))
 
-        if isinstance(x, (list, tuple, dict, Namespace, Partial)):
+        if isinstance(x, (list, tuple, dict, Namespace)):
             self.ancestors.add(id(x))
             try:
                 return self.container(x, indent)
@@ -579,14 +634,22 @@ class _Printer:
             return "{...}"
         return f"{type(x).__name__}(...)"
 
+    def broken(self, opener: str, pairs: List[Tuple[str, Any]], closer: str) -> str:
+        r"""Renders ``prefix + child`` items one per line, whatever their width, as the
+        attributes of a namespace."""
+
+        if not pairs:
+            return opener + closer
+        body = ",\n".join("  " + item.replace("\n", "\n  ") for item in self.items(pairs))
+        return f"{opener}\n{body}\n{closer}"
+
+    def namespace(self, x: Namespace) -> str:
+        pairs = [(f"{k} = ", v) for k, v in sorted(vars(x).items()) if not k.startswith("_")]
+        return self.broken(f"{type(x).__name__}(", pairs, ")")
+
     def container(self, x: Any, indent: int) -> str:
-        if isinstance(x, Partial):
-            pairs = [("", x.func)] + [("", a) for a in x.args]
-            pairs += [(f"{k}=", v) for k, v in x.keywords.items()]
-            return self.block("Partial(", self.items(pairs), ")", indent)
         if isinstance(x, Namespace):
-            pairs = [(f"{k}=", v) for k, v in sorted(vars(x).items())]
-            return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
+            return self.namespace(x)
         if isinstance(x, dict):
             pairs = [(f"{k!r}: ", v) for k, v in x.items()]
             return self.block("{", self.items(pairs), "}", indent)
@@ -602,7 +665,7 @@ class _Printer:
         return self.block("(", self.items([("", v) for v in x]), ")", indent)
 
 
-def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True) -> str:
+def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True, **kwargs: Any) -> str:
     r"""Returns a pretty representation of a tree.
 
     Arrays are shown by dtype and shape, lines longer than :py:`linewidth` are broken
@@ -612,6 +675,8 @@ def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True) -> str:
         tree: A tree.
         linewidth: The maximum line width.
         typeonly: Whether to show arrays by dtype and shape only, or by value.
+        kwargs: Accepted and ignored, as :py:`tree_repr` methods written for the
+            original inox pass theirs on.
 
     Example:
         >>> print(prepr({'weight': jnp.zeros((64, 64)), 'bias': jnp.zeros(64)}))

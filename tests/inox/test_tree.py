@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from inox.tree import (
+    Mask,
     Namespace,
     Partial,
     Static,
@@ -88,7 +89,8 @@ def test_mask_unmask():
     tree = {"w": jnp.ones((2, 3)), "name": "mlp", "n": 3, "b": [jnp.zeros(3), None]}
     masked = mask(tree)
     assert paths_of(masked) == ["['b'][0]", "['w']"]
-    assert masked["name"] == Static("mlp")
+    assert masked["name"] == Mask("mlp") and type(masked["name"]) is Mask
+    assert repr(masked["name"]) == "Mask('mlp')"
     back = unmask(masked)
     assert back["name"] == "mlp" and back["n"] == 3 and back["b"][1] is None
     assert back["w"] is tree["w"]
@@ -127,14 +129,17 @@ def test_namespace_sorted_keys():
     ns2 = jax.tree.map(lambda x: x + 1, ns)
     assert type(ns2) is Namespace
     np.testing.assert_array_equal(ns2.c, jnp.ones(1))
-    assert repr(ns) == "Namespace(a=float32[2], b=[float32[3]], c=float32[1])"
+    assert repr(ns) == "Namespace(\n  a = float32[2],\n  b = [float32[3]],\n  c = float32[1]\n)"
 
 
 def test_partial():
     f = Partial(jnp.multiply, jnp.asarray(2.0))
     assert f(3.0) == 6.0
     g = Partial(lambda a, b, scale=1.0: (a + b) * scale, jnp.ones(2), scale=jnp.asarray(3.0))
-    assert paths_of(g)[1:] == paths_of(mask(g)) == [".args[0]", ".keywords['scale']"]
+    # Children in sorted attribute order, as for every namespace: args, func, kwds.
+    assert paths_of(g) == [".args[0]", ".func", ".kwds['scale']"]
+    assert paths_of(mask(g)) == [".args[0]", ".kwds['scale']"]
+    assert list(g.kwds) == ["scale"] and len(g.args) == 1
     np.testing.assert_array_equal(g(jnp.ones(2)), 6 * jnp.ones(2))
     # Keywords given at call time override the stored ones.
     np.testing.assert_array_equal(g(jnp.ones(2), scale=1.0), 2 * jnp.ones(2))
@@ -348,8 +353,12 @@ def test_prepr_containers():
     assert prepr((jnp.ones(1),)) == "(float32[1],)"
     assert prepr((1, "a", None)) == "(1, 'a', None)"
     assert prepr(P(1, jnp.zeros(2))) == "P(a=1, b=float32[2])"
-    assert prepr(Namespace(b=2, a=[1])) == "Namespace(a=[1], b=2)"
-    assert prepr(Partial(max, 1, key=abs)) == "Partial(<built-in function max>, 1, key=<built-in function abs>)"
+    assert prepr(Namespace(b=2, a=[1])) == "Namespace(\n  a = [1],\n  b = 2\n)"
+    assert prepr(Namespace()) == "Namespace()"
+    assert prepr(Namespace(a=1, _hidden=2)) == "Namespace(\n  a = 1\n)"
+    assert prepr(Partial(max, 1, key=abs)) == (
+        "Partial(\n  args = (1,),\n  func = <built-in function max>,\n  kwds = {'key': <built-in function abs>}\n)"
+    )
 
 
 def test_prepr_line_breaking():
@@ -389,7 +398,7 @@ def test_prepr_key_counts_in_width():
     assert out.splitlines()[2] == "    'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkk': ["
     out = prepr(Namespace(long_attribute_name=list(range(20))), linewidth=60)
     assert max(map(len, out.splitlines())) <= 60
-    assert out.splitlines()[:2] == ["Namespace(", "  long_attribute_name=["]
+    assert out.splitlines()[:2] == ["Namespace(", "  long_attribute_name = ["]
 
 
 def test_prepr_one_tuple_breaks_with_its_comma():
@@ -411,7 +420,7 @@ def test_prepr_cycles():
     assert prepr(t) == "([(...)],)"
     ns = Namespace(w=jnp.ones(2))
     ns.me = ns
-    assert prepr(ns) == "Namespace(me=Namespace(...), w=float32[2])"
+    assert prepr(ns) == "Namespace(\n  me = Namespace(...),\n  w = float32[2]\n)"
     # Shared, but not cyclic: printed twice.
     y = [1]
     assert prepr([y, y]) == "[[1], [1]]"
