@@ -50,9 +50,9 @@ class Block(nn.Module):
 
     def __init__(self, features: int, heads: int, dropout: float, *, key: jax.Array):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.norm1 = nn.LayerNorm(features)
-        self.attn = nn.MultiheadAttention(heads, features, key=k1, causal=True)
-        self.norm2 = nn.LayerNorm(features)
+        self.norm1 = nn.LayerNorm()
+        self.attn = nn.MultiheadAttention(features, heads=heads, key=k1, causal=True)
+        self.norm2 = nn.LayerNorm()
         self.up = nn.Linear(features, 4 * features, key=k2)
         self.down = nn.Linear(4 * features, features, key=k3)
         self.drop = nn.Dropout(dropout)
@@ -80,7 +80,7 @@ class TiedLM(nn.Scope):
         self.head = self.embed  # tied: the same Reference, stored once
         self.position = nn.Parameter(0.02 * jax.random.normal(keys[1], (length, features)))
         self.blocks = [Block(features, heads, dropout, key=k) for k in keys[2:]]
-        self.norm = nn.LayerNorm(features)
+        self.norm = nn.LayerNorm()
         self.scale = features**-0.5  # unit-variance features against N(0, 1) embeddings
 
     def __call__(self, tokens: jax.Array, key: jax.Array) -> jax.Array:
@@ -107,9 +107,9 @@ def param_spec(path: str, ndim: int) -> P:
 
     if path.startswith(".embed"):
         return P("model", None)  # the tied embedding/head: vocabulary split
-    if any(f".{name}.weight" in path for name in ("up", "q_proj", "k_proj", "v_proj")):
+    if any(f".{name}.weight" in path for name in ("up", "lin_q", "lin_k", "lin_v")):
         return P(None, "model")
-    if any(f".{name}.weight" in path for name in ("down", "out_proj")):
+    if any(f".{name}.weight" in path for name in ("down", "lin_y")):
         return P("model", None)
     if ".up.bias" in path:
         return P("model")
@@ -151,14 +151,16 @@ def main(argv=None) -> None:
     # A fresh state always comes first: it is also the `like` of the restore. The
     # model is built once abstractly (for its structure and shardings), then by one
     # compiled call straight onto its shardings (eagerly, every layer would compile).
-    def init(key: jax.Array) -> Dict[str, jax.Array]:
-        return TiedLM(vocab, length, features, heads, depth, key=key).partition(nn.Parameter)[1]
+    # The other arrays are constants (dropout rates, normalization epsilons): replicated.
+    def init(key: jax.Array) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
+        _, params, others = TiedLM(vocab, length, features, heads, depth, key=key).partition(nn.Parameter)
+        return params, others
 
     shapes = inox_io.abstract(TiedLM, vocab, length, features, heads, depth, key=jax.random.key(0))
-    modef, shapes, others = shapes.partition(nn.Parameter)
-    assert not others  # parameters only: nothing abstract left in the definition
+    modef, shapes, other_shapes = shapes.partition(nn.Parameter)
     param_shardings = {k: NamedSharding(mesh, param_spec(k, v.ndim)) for k, v in shapes.items()}
-    params = jax.jit(init, out_shardings=param_shardings)(jax.random.key(args.seed))
+    other_shardings = {k: replicated for k in other_shapes}
+    params, others = jax.jit(init, out_shardings=(param_shardings, other_shardings))(jax.random.key(args.seed))
 
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 3, max(args.steps, 4))
     optimizer = optax.adamw(schedule, weight_decay=1e-2)

@@ -14,56 +14,67 @@ from jax import Array
 
 from .linear import Linear
 from .module import Module
+from ..random import get_rng
 
 
 class MultiheadAttention(Module):
     r"""Multi-head scaled dot-product attention.
 
-    The queries, keys and values are projected by :class:`inox.nn.Linear` layers and
-    split into :py:`heads` heads of :py:`features // heads` features; each head computes
+    The queries, keys and values are projected by :class:`inox.nn.Linear` layers
+    (:py:`lin_q`, :py:`lin_k`, :py:`lin_v`) into :math:`N` heads of :math:`H`
+    features; each head computes
 
-    .. math:: \mathrm{softmax} \left( \frac{Q K^T}{\sqrt{d}} \right) V
+    .. math:: \mathrm{softmax} \left( \frac{Q K^T}{\sqrt{H}} \right) V
 
-    and the concatenated heads go through an output projection.
+    and the concatenated heads go through an output projection without bias
+    (:py:`lin_y`).
 
     Arguments:
-        heads: The number of heads, dividing :py:`features`.
-        features: The number of features of the inputs and output.
-        key: A PRNG key for initialization.
-        bias: Whether the projections have biases.
-        causal: Whether query :math:`i` may only attend to keys :math:`j \leq i`.
-        dtype: The parameters' data type.
+        in_features: The number of input features :math:`C`.
+        out_features: The number of output features; :math:`C` if :py:`None`.
+        hid_features: The number of features per head :math:`H`; :math:`C / N` if
+            :py:`None`.
+        heads: The number of heads :math:`N`.
+        bias: Whether the query, key and value projections have biases.
+        causal: Whether query :math:`i` may only attend to the keys :math:`j` with
+            :math:`j - i \leq T - S`, for :math:`S` queries and :math:`T` keys.
+        dropout: The probability of dropping an attention weight, when the call is given
+            a key. An array leaf.
+        key: A PRNG key for initialization; drawn from
+            :py:`inox.random.get_rng('init')` if :py:`None`.
 
     Example:
-        >>> attn = nn.MultiheadAttention(4, 16, key=jax.random.key(0), causal=True)
+        >>> attn = nn.MultiheadAttention(16, heads=4, causal=True, key=jax.random.key(0))
         >>> x = jnp.ones((2, 10, 16))
         >>> attn(x).shape  # self-attention
         (2, 10, 16)
-        >>> attn(x, jnp.ones((2, 10, 16))).shape  # cross-attention
+        >>> attn(x, jnp.ones((2, 7, 16))).shape  # cross-attention
         (2, 10, 16)
     """
 
     def __init__(
         self,
-        heads: int,
-        features: int,
-        *,
-        key: Array,
+        in_features: int,
+        out_features: int | None = None,
+        hid_features: int | None = None,
+        heads: int = 1,
         bias: bool = True,
         causal: bool = False,
-        dtype: jnp.dtype = jnp.float32,
+        dropout: float | Array = 0.0,
+        key: Array | None = None,
     ):
-        if features % heads != 0:
-            raise ValueError(f"{features} features cannot be split into {heads} heads")
+        keys = get_rng("init").split(4) if key is None else jax.random.split(key, 4)
+        out_features = in_features if out_features is None else out_features
+        hid_features = in_features // heads if hid_features is None else hid_features
 
-        keys = jax.random.split(key, 4)
+        self.lin_q = Linear(in_features, hid_features * heads, bias, key=keys[0])
+        self.lin_k = Linear(in_features, hid_features * heads, bias, key=keys[1])
+        self.lin_v = Linear(in_features, hid_features * heads, bias, key=keys[2])
+        self.lin_y = Linear(hid_features * heads, out_features, False, key=keys[3])
 
         self.heads = heads
         self.causal = causal
-        self.q_proj = Linear(features, features, bias, key=keys[0], dtype=dtype)
-        self.k_proj = Linear(features, features, bias, key=keys[1], dtype=dtype)
-        self.v_proj = Linear(features, features, bias, key=keys[2], dtype=dtype)
-        self.out_proj = Linear(features, features, bias, key=keys[3], dtype=dtype)
+        self.dropout = jnp.asarray(dropout)
 
     def __call__(
         self,
@@ -71,45 +82,51 @@ class MultiheadAttention(Module):
         xk: Array | None = None,
         xv: Array | None = None,
         mask: Array | None = None,
+        key: Array | None = None,
     ) -> Array:
         r"""
         Arguments:
-            xq: The query inputs, of shape :py:`(*, L_q, features)`.
-            xk: The key inputs, of shape :py:`(*, L_k, features)`; :py:`xq` if
-                :py:`None` (self-attention).
-            xv: The value inputs, of shape :py:`(*, L_k, features)`; :py:`xk` if
-                :py:`None`.
-            mask: A boolean array broadcastable to :py:`(*, L_q, L_k)`, :py:`True`
-                where a query may attend to a key. It is combined with the causal
-                mask, if any. A query that may attend to no key gets uniform weights.
+            xq: The query inputs, of shape :py:`(*, S, C)`.
+            xk: The key inputs, of shape :py:`(*, T, C)`; :py:`xq` if :py:`None`
+                (self-attention).
+            xv: The value inputs, of shape :py:`(*, T, C)`; :py:`xk` if :py:`None`.
+            mask: A boolean array broadcastable to :py:`(*, N, S, T)`, :py:`True` where
+                a query may attend to a key. It is combined with the causal mask, if
+                any. A query that may attend to no key gets uniform weights.
+            key: A PRNG key for dropout; no dropout if :py:`None`.
 
         Returns:
-            The outputs, of shape :py:`(*, L_q, features)`.
+            The outputs, of shape :py:`(*, S, C')`.
         """
 
         xk = xq if xk is None else xk
         xv = xk if xv is None else xv
 
-        def split(x: Array) -> Array:  # (*, L, H * D) -> (*, L, H, D)
+        def split(x: Array) -> Array:  # (*, L, N * H) -> (*, L, N, H)
             return x.reshape(*x.shape[:-1], self.heads, -1)
 
-        q = split(self.q_proj(xq))
-        k = split(self.k_proj(xk))
-        v = split(self.v_proj(xv))
+        q = split(self.lin_q(xq))
+        k = split(self.lin_k(xk))
+        v = split(self.lin_v(xv))
 
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(q.shape[-1])
+        logits = jnp.einsum("...snh,...tnh->...nst", q, k) / math.sqrt(q.shape[-1])
+        S, T = logits.shape[-2:]
 
         if self.causal:
-            causal = jnp.tril(jnp.ones((q.shape[-3], k.shape[-3]), dtype=bool))
+            causal = jnp.tril(jnp.ones((S, T), dtype=bool), T - S)
             mask = causal if mask is None else jnp.logical_and(mask, causal)
 
+        if key is not None:
+            shape = logits.shape if mask is None else jnp.broadcast_shapes(logits.shape, mask.shape)
+            keep = jax.random.bernoulli(key, 1 - self.dropout, shape)
+            mask = keep if mask is None else jnp.logical_and(mask, keep)
+
         if mask is not None:
-            mask = jnp.expand_dims(mask, -3)  # same for every head
             # The lowest finite value, rather than -inf, keeps fully masked rows NaN-free.
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
 
         weights = jax.nn.softmax(logits, axis=-1)
-        y = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+        y = jnp.einsum("...nst,...tnh->...snh", weights, v)
         y = y.reshape(*y.shape[:-2], -1)
 
-        return self.out_proj(y)
+        return self.lin_y(y)

@@ -14,6 +14,8 @@ from .module import Module
 class Sequential(Module):
     r"""Calls its layers in order, each on the output of the previous one.
 
+    It is represented by its layers, one per line.
+
     Arguments:
         layers: The layers, kept in the list :py:`self.layers`.
 
@@ -25,8 +27,11 @@ class Sequential(Module):
         ... )
         >>> model(jnp.ones((5, 3))).shape
         (5, 1)
-        >>> type(model.layers[1]).__name__
-        'ReLU'
+        >>> nn.Sequential(nn.ReLU(), nn.Tanh())
+        Sequential(
+          ReLU(),
+          Tanh()
+        )
     """
 
     def __init__(self, *layers: Callable[[Any], Any]):
@@ -36,3 +41,6 @@ class Sequential(Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def __prepr__(self, printer, indent: int) -> str:
+        return printer.broken(f"{type(self).__name__}(", [("", layer) for layer in self.layers], ")")

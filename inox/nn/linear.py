@@ -14,6 +14,7 @@ import math
 from jax import Array
 
 from .module import Module, Parameter
+from ..random import get_rng
 
 
 class Linear(Module):
@@ -26,13 +27,17 @@ class Linear(Module):
         in_features: The number of input features.
         out_features: The number of output features.
         bias: Whether to add a bias.
-        key: A PRNG key for initialization.
+        key: A PRNG key for initialization; drawn from
+            :py:`inox.random.get_rng('init')` if :py:`None`.
         dtype: The parameters' data type.
 
     Example:
         >>> layer = nn.Linear(3, 5, key=jax.random.key(0))
         >>> layer
-        Linear(bias=Parameter(float32[5]), weight=Parameter(float32[3, 5]))
+        Linear(
+          bias = Parameter(float32[5]),
+          weight = Parameter(float32[3, 5])
+        )
         >>> layer(jnp.ones((2, 3))).shape
         (2, 5)
     """
@@ -42,10 +47,13 @@ class Linear(Module):
         in_features: int,
         out_features: int,
         bias: bool = True,
+        key: Array | None = None,
         *,
-        key: Array,
         dtype: jnp.dtype = jnp.float32,
     ):
+        if key is None:
+            key = get_rng("init").split()
+
         bound = 1 / math.sqrt(in_features)
         self.weight = Parameter(
             jax.random.uniform(key, (in_features, out_features), dtype, -bound, bound)

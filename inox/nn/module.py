@@ -15,7 +15,11 @@ Example:
     ...         return x * self.scale() + self.shift()
     >>> model = Affine(3, jax.random.key(0))
     >>> model
-    Affine(features=3, scale=Parameter(float32[3]), shift=Parameter(float32[3]))
+    Affine(
+      features = 3,
+      scale = Parameter(float32[3]),
+      shift = Parameter(float32[3])
+    )
     >>> jax.tree.leaves(model)  # no 3
     [Array([...], dtype=float32), Array([0., 0., 0.], dtype=float32)]
     >>> jax.jit(lambda m, x: m(x))(model, jnp.ones(3)).shape
@@ -42,6 +46,7 @@ from ..tree import (
     Namespace,
     PyTreeMeta,
     combine,
+    is_array,
     leaf_paths,
     mask_children,
     partition,
@@ -55,7 +60,8 @@ class Module(Namespace):
     r"""Base class for all modules.
 
     Subclasses set their layers, parameters and hyper-parameters as attributes in
-    :py:`__init__` and define :py:`__call__`.
+    :py:`__init__` and define :py:`__call__`. A module is represented with one
+    attribute per line (see :class:`inox.tree.Namespace`).
 
     Arguments:
         kwargs: A name-value mapping.
@@ -77,17 +83,31 @@ class Module(Namespace):
         r"""Toggles the training mode of this module and of all its submodules.
 
         Modules that behave differently in training and evaluation (dropout, batch
-        normalization) read their :py:`training` attribute.
+        normalization) have a :py:`training` attribute, which this sets.
+
+        Arguments:
+            mode: Whether to turn training mode on or off.
 
         Example:
-            >>> model = nn.Sequential(nn.Linear(2, 2, key=jax.random.key(0)), nn.TrainingDropout(0.5))
+            >>> model = nn.Module(dropout=nn.TrainingDropout())
+            >>> model
+            Module(
+              dropout = TrainingDropout(
+                p = float32[]
+              )
+            )
             >>> model.train(False)
-            >>> model.layers[1].training
-            False
+            >>> model
+            Module(
+              dropout = TrainingDropout(
+                p = float32[],
+                training = False
+              )
+            )
         """
 
         for _, node, seen in walk(self):
-            if not seen and isinstance(node, Module) and "training" in vars(node):
+            if not seen and isinstance(node, Module) and hasattr(node, "training"):
                 node.training = mode
 
     def partition(self, *filters: Filter) -> Tuple[ModuleDef, *Tuple[Dict[str, Any], ...]]:
@@ -106,7 +126,10 @@ class Module(Namespace):
             >>> params
             {'.bias.value': Array([0., 0., 0., 0., 0.], dtype=float32), '.weight.value': Array(...)}
             >>> modef(params, others)
-            Linear(bias=Parameter(float32[5]), weight=Parameter(float32[3, 5]))
+            Linear(
+              bias = Parameter(float32[5]),
+              weight = Parameter(float32[3, 5])
+            )
         """
 
         treedef, *dicts = partition(self, *filters)
@@ -162,10 +185,13 @@ class ModuleDef(metaclass=PyTreeMeta):
         return cls(treedef)
 
 
-class Parameter(metaclass=PyTreeMeta):
+class Parameter(Namespace):
     r"""Wrapper marking an optimizable array.
 
-    Calling a parameter returns its array; its key path ends in ``.value``.
+    Calling a parameter returns its array, and the attributes of the array (shape,
+    dtype, ...) are read through it; its key path ends in ``.value``. A value that is
+    not an array yet (a number, a list) is converted with :func:`jax.numpy.asarray`;
+    arrays, NumPy ones included, are kept as they are.
 
     Arguments:
         value: An array.
@@ -178,66 +204,58 @@ class Parameter(metaclass=PyTreeMeta):
         (Array(15., dtype=float32), (3, 5), dtype('float32'))
     """
 
+    # The attributes the parameter stores; they are never looked up in its value.
+    _stored: Tuple[str, ...] = ("value",)
+
     def __init__(self, value: jax.Array):
-        self.value = value
+        self.value = value if is_array(value) else jnp.asarray(value)
 
     def __call__(self) -> jax.Array:
         return self.value
 
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return self.value.shape
-
-    @property
-    def dtype(self):
-        return self.value.dtype
-
-    def __repr__(self) -> str:
-        return prepr(self)
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not attributes; dunders and the stored attributes
+        # themselves are not forwarded, lest a half-built parameter (pickle, copy)
+        # look them up in its missing value forever.
+        if name.startswith("__") or name in self._stored:
+            raise AttributeError(name)
+        return getattr(self.value, name)
 
     def __prepr__(self, printer, indent: int) -> str:
         name = type(self).__name__
         return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
-    def tree_flatten(self):
-        return (self.value,), None
-
-    def tree_flatten_with_keys(self):
-        return ((jtu.GetAttrKey("value"), self.value),), None
-
-    @classmethod
-    def tree_unflatten(cls, aux: None, children: Sequence) -> Parameter:
-        self = object.__new__(cls)
-        self.value = children[0]
-        return self
-
 
 class ComplexParameter(Parameter):
-    r"""Parameter holding a complex array as a real one, so that real-valued optimizers
-    update its real and imaginary parts.
+    r"""Parameter holding a complex array as two real ones, :py:`real` and
+    :py:`imag`, so that real-valued optimizers update both parts.
 
-    The stored value has a trailing axis of size 2 (real, imaginary); calling the
-    parameter returns the complex array.
+    Its :py:`value` is the complex array; its key paths end in ``.imag`` and
+    ``.real``.
+
+    Arguments:
+        value: A complex array, or a number.
 
     Example:
-        >>> p = nn.ComplexParameter(jnp.asarray([1 + 2j, 3j]))
-        >>> p.value
-        Array([[1., 2.],
-               [0., 3.]], dtype=float32)
-        >>> p()
-        Array([1.+2.j, 0.+3.j], dtype=complex64)
+        >>> p = nn.ComplexParameter(jnp.ones((3, 5)) + 2j)
+        >>> p
+        ComplexParameter(complex64[3, 5])
+        >>> p.real.dtype, p()[0, 0]
+        (dtype('float32'), Array(1.+2.j, dtype=complex64))
+        >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(p)]
+        ['.imag', '.real']
     """
 
+    _stored = ("value", "real", "imag")
+
     def __init__(self, value: jax.Array):
-        self.value = jnp.stack((jnp.real(value), jnp.imag(value)), axis=-1)
-
-    def __call__(self) -> jax.Array:
-        return jax.lax.complex(self.value[..., 0], self.value[..., 1])
-
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return self.value.shape[:-1]
+        value = jnp.asarray(value)
+        self.real = jnp.real(value)
+        self.imag = jnp.imag(value)
 
     @property
-    def dtype(self):
-        return jnp.result_type(self.value.dtype, jnp.complex64)
+    def value(self) -> jax.Array:
+        real, imag = self.real, self.imag
+        if isinstance(real, jax.ShapeDtypeStruct) or isinstance(imag, jax.ShapeDtypeStruct):
+            return jax.eval_shape(jax.lax.complex, real, imag)  # an abstract parameter
+        return jax.lax.complex(real, imag)

@@ -1,199 +1,195 @@
 r"""Normalization layers.
 
-All layers expect channels (features) on the last axis.
+As in the original inox, they learn no scale or shift (follow them with a layer that
+does, if needed), and keep their constants :py:`epsilon` and :py:`momentum` as array
+leaves.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BatchNorm",
     "LayerNorm",
     "GroupNorm",
-    "BatchNorm",
+    "Statistics",
 ]
 
 import jax
 import jax.numpy as jnp
-import numbers
 
 from jax import Array
-from typing import Dict, Sequence, Tuple
+from typing import Dict, NamedTuple, Sequence, Tuple
 
-from .module import Module, Parameter
+from .module import Module
 from .state import StateEntry, StateKey, update_state
+from ..errors import UsageError
 
 
-def _standardize(x: Array, axes: Tuple[int, ...], eps: float) -> Array:
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.var(x, axis=axes, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
+class Statistics(NamedTuple):
+    r"""The running statistics of a :class:`BatchNorm`, per channel."""
 
-
-class LayerNorm(Module):
-    r"""Normalizes each example over its last axes, then applies an optional
-    element-wise affine transformation.
-
-    .. math:: y = \frac{x - \mathbb{E}[x]}{\sqrt{\mathbb{V}[x] + \epsilon}} \gamma + \beta
-
-    Arguments:
-        features: The shape of the normalized trailing axes, or their size if an int.
-        eps: A constant added to the variance, for stability.
-        affine: Whether to learn a scale :math:`\gamma` (ones) and a shift
-            :math:`\beta` (zeros).
-
-    Example:
-        >>> norm = nn.LayerNorm(4)
-        >>> y = norm(jnp.arange(8.0).reshape(2, 4))
-        >>> y.mean(axis=-1), y.shape
-        (Array([0., 0.], dtype=float32), (2, 4))
-    """
-
-    def __init__(self, features: int | Sequence[int], eps: float = 1e-5, affine: bool = True):
-        shape = (int(features),) if isinstance(features, numbers.Integral) else tuple(features)
-        self.shape = shape
-        self.eps = eps
-        self.weight = Parameter(jnp.ones(shape)) if affine else None
-        self.bias = Parameter(jnp.zeros(shape)) if affine else None
-
-    def __call__(self, x: Array) -> Array:
-        axes = tuple(range(-len(self.shape), 0))
-        y = _standardize(x, axes, self.eps)
-        if self.weight is not None:
-            y = y * self.weight() + self.bias()
-        return y
-
-
-class GroupNorm(Module):
-    r"""Splits the channels into groups and normalizes each group separately.
-
-    The statistics of a group are computed over its channels and, if :py:`spatial`
-    is positive, over the spatial axes that precede the channel axis, as for images
-    of shape :py:`(*batch, H, W, C)` with :py:`spatial=2`. Inputs have shape
-    :py:`(*batch, *spatial, C)`, with any number of batch axes.
-
-    Arguments:
-        groups: The number of groups, dividing :py:`channels`.
-        channels: The number of channels :math:`C`.
-        eps: A constant added to the variance, for stability.
-        affine: Whether to learn a per-channel scale (ones) and shift (zeros).
-        spatial: The number of spatial axes included in the statistics.
-
-    Example:
-        >>> norm = nn.GroupNorm(2, 4, spatial=2)
-        >>> x = jax.random.normal(jax.random.key(0), (3, 5, 5, 4))
-        >>> y = norm(x)
-        >>> y.shape
-        (3, 5, 5, 4)
-        >>> bool(jnp.allclose(y[..., :2].mean(axis=(1, 2, 3)), 0.0, atol=1e-6))
-        True
-    """
-
-    def __init__(
-        self,
-        groups: int,
-        channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        *,
-        spatial: int = 0,
-    ):
-        if channels % groups != 0:
-            raise ValueError(f"{channels} channels cannot be split into {groups} groups")
-        self.groups = groups
-        self.eps = eps
-        self.spatial = spatial
-        self.weight = Parameter(jnp.ones(channels)) if affine else None
-        self.bias = Parameter(jnp.zeros(channels)) if affine else None
-
-    def __call__(self, x: Array) -> Array:
-        grouped = x.reshape(*x.shape[:-1], self.groups, -1)
-        # Axes of a group: the spatial axes (before the group axis) and its channels.
-        axes = tuple(range(-self.spatial - 2, -2)) + (-1,)
-        y = _standardize(grouped, axes, self.eps).reshape(x.shape)
-        if self.weight is not None:
-            y = y * self.weight() + self.bias()
-        return y
+    mean: Array  #: The running mean.
+    var: Array  #: The running (biased) variance.
 
 
 class BatchNorm(Module):
     r"""Normalizes the channels with statistics over a batch.
 
-    In training mode (:py:`training=True`, see :meth:`inox.nn.Module.train`), the
-    mean and variance of each channel are computed over all axes but the last, and
-    the running statistics are updated as
+    .. math:: y = \frac{x - \mathbb{E}[x]}{\sqrt{\mathbb{V}[x] + \epsilon}}
 
-    .. math:: \mu \gets m \, \mu + (1 - m) \, \mathbb{E}[x], \quad
-              \sigma^2 \gets m \, \sigma^2 + (1 - m) \, \mathbb{V}[x]
+    In training mode (:py:`training=True`, the default, see
+    :meth:`inox.nn.Module.train`), the mean and variance of each channel are computed
+    over all axes but the last, which must not be the only one, and the running
+    statistics are updated as
 
-    where :math:`m` is the momentum and :math:`\mathbb{V}` the biased variance. In
+    .. math:: \hat{s} \gets \alpha \hat{s} + (1 - \alpha) s
+
+    where :math:`\alpha` is the momentum and :math:`s` the statistic of the batch. In
     evaluation mode, the running statistics are used and left as they are.
 
-    The running statistics are a state, initially :py:`(zeros, ones)` in the
+    The running statistics are a state, initially :py:`Statistics(zeros, ones)` in the
     :class:`inox.nn.StateEntry` :py:`stats`: call :func:`inox.nn.export_state` on the
     model before using the layer.
 
     Arguments:
-        channels: The number of channels.
-        momentum: The weight of the old running statistics in their update.
-        eps: A constant added to the variance, for stability.
-        affine: Whether to learn a per-channel scale (ones) and shift (zeros).
+        channels: The number of channels :math:`C`.
+        epsilon: A constant added to the variance, for stability.
+        momentum: The weight :math:`\alpha \in [0, 1]` of the old running statistics.
 
     Example:
         >>> bn, state = nn.export_state(nn.BatchNorm(3))
         >>> x = 2.0 + jax.random.normal(jax.random.key(0), (64, 3))
         >>> y, state = bn(x, state)
-        >>> mean, var = state[bn.stats]
-        >>> bool(jnp.allclose(mean, 0.1 * x.mean(axis=0)))
+        >>> bool(jnp.allclose(state[bn.stats].mean, 0.1 * x.mean(axis=0)))
         True
+        >>> bn(x[0], state)
+        Traceback (most recent call last):
+          ...
+        inox.errors.UsageError: the input tensor is not batched
         >>> bn.train(False)
-        >>> y, same = bn(x, state)
+        >>> y, same = bn(x[0], state)
         >>> same is state
         True
     """
 
+    training: bool = True
+
     def __init__(
         self,
         channels: int,
-        momentum: float = 0.9,
-        eps: float = 1e-5,
-        affine: bool = True,
+        epsilon: float | Array = 1e-5,
+        momentum: float | Array = 0.9,
     ):
-        self.momentum = momentum
-        self.eps = eps
-        self.training = True
-        self.weight = Parameter(jnp.ones(channels)) if affine else None
-        self.bias = Parameter(jnp.zeros(channels)) if affine else None
-        self.stats = StateEntry((jnp.zeros(channels), jnp.ones(channels)))
+        self.epsilon = jnp.asarray(epsilon)
+        self.momentum = jnp.asarray(momentum)
+        self.stats = StateEntry(Statistics(mean=jnp.zeros(channels), var=jnp.ones(channels)))
 
-    def __call__(self, x: Array, state: Dict[StateKey, Tuple[Array, Array]]) -> Tuple[Array, Dict]:
+    def __call__(self, x: Array, state: Dict[StateKey, Statistics]) -> Tuple[Array, Dict]:
         r"""
         Arguments:
-            x: The input, of shape :py:`(*, C)`.
+            x: The input, of shape :py:`(N, *, C)` (in training mode) or :py:`(*, C)`.
             state: The state dictionary.
 
         Returns:
-            The output, of shape :py:`(*, C)`, and the (updated) state dictionary.
+            The output, of the same shape, and the (updated) state dictionary.
         """
 
         if not isinstance(self.stats, StateKey):
             raise TypeError("the running statistics are still in the module: call inox.nn.export_state first")
 
         if self.training:
+            if x.ndim < 2:
+                raise UsageError("the input tensor is not batched")
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.var(x, axis=axes)
             # The running statistics are bookkeeping: no gradient flows into them.
-            old_mean, old_var = state[self.stats]
-            m = self.momentum
-            new_mean = m * old_mean + (1 - m) * jax.lax.stop_gradient(mean)
-            new_var = m * old_var + (1 - m) * jax.lax.stop_gradient(var)
-            # A fixed dtype keeps the state a valid loop carry (jax.lax.scan).
-            new_mean = new_mean.astype(old_mean.dtype)
-            new_var = new_var.astype(old_var.dtype)
-            state = update_state(state, {self.stats: (new_mean, new_var)})
+            old = state[self.stats]
+            new = Statistics(
+                mean=self._average(old.mean, jax.lax.stop_gradient(mean)),
+                var=self._average(old.var, jax.lax.stop_gradient(var)),
+            )
+            state = update_state(state, {self.stats: new})
         else:
             mean, var = state[self.stats]
 
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight() + self.bias()
-        return y, state
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon), state
+
+    def _average(self, old: Array, new: Array) -> Array:
+        # A fixed dtype keeps the state a valid loop carry (jax.lax.scan).
+        return (self.momentum * old + (1 - self.momentum) * new).astype(old.dtype)
+
+
+class LayerNorm(Module):
+    r"""Normalizes each example over an axis or axes.
+
+    .. math:: y = \frac{x - \mathbb{E}[x]}{\sqrt{\mathbb{V}[x] + \epsilon}}
+
+    Arguments:
+        axis: The axis or axes of the statistics.
+        epsilon: A constant added to the variance, for stability.
+
+    Example:
+        >>> norm = nn.LayerNorm()
+        >>> y = norm(jnp.arange(8.0).reshape(2, 4))
+        >>> y.mean(axis=-1), y.shape
+        (Array([0., 0.], dtype=float32), (2, 4))
+        >>> norm
+        LayerNorm(
+          axis = -1,
+          epsilon = float32[]
+        )
+    """
+
+    def __init__(self, axis: int | Sequence[int] = -1, epsilon: float | Array = 1e-5):
+        self.axis = axis
+        self.epsilon = jnp.asarray(epsilon)
+
+    def __call__(self, x: Array) -> Array:
+        r"""
+        Arguments:
+            x: The input, of shape :py:`(*, C)`.
+
+        Returns:
+            The output, of the same shape.
+        """
+
+        axis = self.axis if isinstance(self.axis, int) else tuple(self.axis)
+        mean = jnp.mean(x, axis=axis, keepdims=True)
+        var = jnp.var(x, axis=axis, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+
+class GroupNorm(LayerNorm):
+    r"""Splits the channels (last axis) into groups and normalizes each group of each
+    example separately. With one group, it is a :class:`LayerNorm`.
+
+    Arguments:
+        groups: The number of groups :math:`G`, dividing the number of channels.
+        epsilon: A constant added to the variance, for stability.
+
+    Example:
+        >>> norm = nn.GroupNorm(2)
+        >>> y = norm(jax.random.normal(jax.random.key(0), (3, 4)))
+        >>> bool(jnp.allclose(y[:, :2].mean(axis=-1), 0.0, atol=1e-6))
+        True
+    """
+
+    def __init__(self, groups: int, epsilon: float | Array = 1e-5):
+        super().__init__(axis=-1, epsilon=epsilon)
+        self.groups = groups
+
+    def __call__(self, x: Array) -> Array:
+        r"""
+        Arguments:
+            x: The input, of shape :py:`(*, C)`, with :math:`C` a multiple of
+                :py:`groups`.
+
+        Returns:
+            The output, of the same shape.
+        """
+
+        if x.shape[-1] % self.groups != 0:
+            raise ValueError(f"{x.shape[-1]} channels cannot be split into {self.groups} groups")
+        grouped = x.reshape(*x.shape[:-1], self.groups, -1)
+        return super().__call__(grouped).reshape(x.shape)

@@ -55,6 +55,7 @@ import jax.tree_util as jtu
 from typing import Any, Dict, Hashable, Iterator, List, NamedTuple, Sequence, Tuple
 
 from .module import Module
+from ..errors import UsageError
 from ..tree import KeyPath, PyTreeMeta, mask_children, prepr, unmask_children
 
 _REFERENCE_ATTRS = ("tag", "obj", "value")
@@ -71,7 +72,8 @@ class Scope(Module):
     All references with the same tag in a scope stand for the same object: all but the
     first occurrence are pruned when the scope is flattened, and refilled when it is
     unflattened. A nested scope has its own tag namespace. Cyclic references are
-    allowed, except for a scope referencing itself.
+    allowed, except for a scope referencing itself. A tag that refers to two different
+    objects raises :class:`inox.errors.UsageError` when the scope is flattened.
 
     Arguments:
         kwargs: A name-value mapping.
@@ -109,7 +111,7 @@ class Scope(Module):
                 if x.tag in first:
                     obj, first_path = first[x.tag]
                     if x.obj is not obj:
-                        raise ValueError(
+                        raise UsageError(
                             f"tag {x.tag!r} refers to two different objects, at "
                             f"{jtu.keystr(first_path)} and {jtu.keystr(path)}"
                         )

@@ -12,7 +12,7 @@ Example:
     >>> model = nn.Sequential(nn.Linear(3, 4, key=jax.random.key(0)), nn.BatchNorm(4))
     >>> model, state = nn.export_state(model)
     >>> print(inox.tree.prepr(state))
-    {StateKey('.layers[1].stats'): (float32[4], float32[4])}
+    {StateKey('.layers[1].stats'): Statistics(mean=float32[4], var=float32[4])}
     >>> x = jax.random.normal(jax.random.key(1), (8, 3))
     >>> y, state = jax.jit(lambda m, x, s: m.layers[1](m.layers[0](x), s))(model, x, state)
     >>> y.shape

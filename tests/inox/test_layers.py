@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import inox
 import inox.nn as nn
 
 
@@ -81,8 +82,9 @@ def test_export_state():
     assert [layer.stats for layer in model.layers[::2]] == keys
     assert state[keys[1]][0].shape == (3,)
 
-    # The keys are static: the module has no state leaf any more.
-    assert all(leaf.shape in {(2,), (3,)} for leaf in jax.tree.leaves(model))
+    # The keys are static: the module has no state leaf any more, only the scalar
+    # epsilon and momentum of each layer.
+    assert all(leaf.shape == () for leaf in jax.tree.leaves(model))
     assert len(jax.tree.leaves(model)) == 4
 
     # Nothing left to export.
@@ -131,64 +133,62 @@ def ref_standardize(x, axes, eps):
 def test_layer_norm():
     x = randn(0, 4, 3, 5)
 
-    norm = nn.LayerNorm(5)
+    norm = nn.LayerNorm()
     assert_close(norm(x), ref_standardize(x, -1, 1e-5))
+    assert jax.tree.leaves(norm) == [norm.epsilon] and norm.epsilon.shape == ()
 
-    norm = nn.LayerNorm((3, 5), eps=1e-3)
-    norm.weight.value = randn(1, 3, 5)
-    norm.bias.value = randn(2, 3, 5)
-    expected = ref_standardize(x, (-2, -1), 1e-3) * norm.weight() + norm.bias()
-    assert_close(norm(x), expected)
+    norm = nn.LayerNorm((-2, -1), 1e-3)
+    assert_close(norm(x), ref_standardize(x, (-2, -1), 1e-3))
+    assert_close(nn.LayerNorm([0, 2])(x), ref_standardize(x, (0, 2), 1e-5))
 
-    plain = nn.LayerNorm(5, affine=False)
-    assert jax.tree.leaves(plain) == []
-    assert_close(plain(x), ref_standardize(x, -1, 1e-5))
-
-    assert_grads_flow(lambda m, x: jnp.sum(m(x) ** 3), norm, x)
+    gx = jax.jit(jax.grad(lambda x: jnp.sum(norm(x) ** 3)))(x)
+    assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.any(gx != 0))
 
 
-@pytest.mark.parametrize("groups,spatial", [(1, 0), (2, 0), (3, 2), (6, 1)])
-def test_group_norm(groups, spatial):
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+def test_group_norm(groups):
     x = randn(0, 2, 4, 5, 6)
-    norm = nn.GroupNorm(groups, 6, spatial=spatial)
-    norm.weight.value = randn(1, 6)
-    norm.bias.value = randn(2, 6)
+    norm = nn.GroupNorm(groups)
 
-    # Reference: one loop per group, statistics over the spatial axes and its channels.
+    # Reference: one loop per group, statistics over its channels only.
     xs = np.asarray(x)
     expected = np.empty_like(xs, dtype=np.float64)
     size = 6 // groups
-    axes = tuple(range(xs.ndim - 1 - spatial, xs.ndim))
     for g in range(groups):
         channels = slice(g * size, (g + 1) * size)
-        expected[..., channels] = ref_standardize(xs[..., channels], axes, 1e-5)
-    expected = expected * np.asarray(norm.weight()) + np.asarray(norm.bias())
+        expected[..., channels] = ref_standardize(xs[..., channels], -1, 1e-5)
 
     assert_close(norm(x), expected)
-    assert_grads_flow(lambda m, x: jnp.sum(m(x) ** 3), norm, x)
+    if groups == 1:
+        assert_close(norm(x), nn.LayerNorm()(x))
 
 
 def test_group_norm_invalid():
     with pytest.raises(ValueError):
-        nn.GroupNorm(4, 6)
+        nn.GroupNorm(4)(jnp.ones((2, 6)))
+
+
+def test_batch_norm_positional_arguments():
+    # The order of the original: channels, epsilon, momentum.
+    bn = nn.BatchNorm(3, 1e-3, 0.8)
+    assert float(bn.epsilon) == pytest.approx(1e-3) and float(bn.momentum) == pytest.approx(0.8)
+    assert jax.tree.leaves(nn.export_state(bn)[0]) == [bn.epsilon, bn.momentum]
 
 
 def test_batch_norm_train_and_eval():
     bn, state = nn.export_state(nn.BatchNorm(3, momentum=0.8))
-    bn.weight.value = randn(1, 3)
-    bn.bias.value = randn(2, 3)
     x = 3.0 + 2.0 * randn(0, 4, 5, 3)
 
     step = jax.jit(lambda m, x, s: m(x, s))
     y, new = step(bn, x, state)
 
     axes = (0, 1)
-    expected = ref_standardize(x, axes, 1e-5) * np.asarray(bn.weight()) + np.asarray(bn.bias())
-    assert_close(y, expected)
+    assert_close(y, ref_standardize(x, axes, 1e-5))
 
     xs = np.asarray(x, dtype=np.float64)
     mean, var = new[bn.stats]
-    assert_close(mean, 0.2 * xs.mean(axis=axes))
+    assert isinstance(new[bn.stats], nn.Statistics)
+    assert_close(new[bn.stats].mean, 0.2 * xs.mean(axis=axes))
     assert_close(var, 0.8 + 0.2 * xs.var(axis=axes))
 
     # The input state is left as it is.
@@ -198,8 +198,7 @@ def test_batch_norm_train_and_eval():
     bn.train(False)
     y, same = step(bn, x, new)
     assert_close(same[bn.stats][0], mean)
-    expected = (xs - np.asarray(mean)) / np.sqrt(np.asarray(var) + 1e-5)
-    assert_close(y, expected * np.asarray(bn.weight()) + np.asarray(bn.bias()))
+    assert_close(y, (xs - np.asarray(mean)) / np.sqrt(np.asarray(var) + 1e-5))
 
 
 def test_batch_norm_running_stats_converge():
@@ -222,23 +221,35 @@ def test_batch_norm_grad():
     bn, state = nn.export_state(nn.BatchNorm(3))
     x = randn(0, 8, 3)
 
-    def loss(m, x, s):
-        y, s = m(x, s)
+    def loss(x, s):
+        y, s = bn(x, s)
         return jnp.sum(y * jnp.arange(3.0)) + jnp.sum(y**3), s
 
-    grads, new = jax.jit(jax.grad(loss, has_aux=True))(bn, x, state)
-    assert bool(jnp.any(grads.weight.value != 0))
-    assert bool(jnp.all(jnp.isfinite(grads.weight.value)))
-    assert set(new) == set(state)
-
     # Gradient with respect to the input, with the batch statistics in the graph.
-    gx = jax.jit(jax.grad(lambda x: loss(bn, x, state)[0]))(x)
-    assert bool(jnp.all(jnp.isfinite(gx)))
+    gx, new = jax.jit(jax.grad(loss, has_aux=True))(x, state)
+    assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.any(gx != 0))
+    assert set(new) == set(state)
 
 
 def test_batch_norm_needs_export():
     with pytest.raises(TypeError, match="export_state"):
         nn.BatchNorm(2)(jnp.ones((4, 2)), {})
+
+
+def test_batch_norm_refuses_unbatched_input_in_training():
+    bn, state = nn.export_state(nn.BatchNorm(2))
+
+    # An AssertionError, as in the original, and a ValueError.
+    with pytest.raises(AssertionError, match="not batched"):
+        bn(jnp.ones(2), state)
+    with pytest.raises(ValueError, match="not batched"):
+        jax.vmap(bn, in_axes=(0, None))(jnp.ones((4, 2)), state)
+    with pytest.raises(TypeError):
+        bn(jnp.ones((4, 2)), None)
+
+    bn.train(False)
+    y, _ = bn(jnp.ones(2), state)
+    assert y.shape == (2,)
 
 
 # Convolution
@@ -298,12 +309,13 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,groups,spatial", CONV_CASES)
 def test_conv_vs_reference(kernel, stride, padding, dilation, groups, spatial):
-    conv = nn.Conv(6, 6, kernel, stride, padding, dilation, groups, key=jax.random.key(0))
+    # The positional order of the original: kernel size, bias, stride, dilation, padding, groups.
+    conv = nn.Conv(6, 6, kernel, True, stride, dilation, padding, groups, key=jax.random.key(0))
     conv.bias.value = randn(1, 6)
 
     n = len(spatial)
     kernel = (kernel,) if isinstance(kernel, int) else kernel
-    assert conv.weight.shape == (*kernel, 6 // groups, 6)
+    assert conv.kernel.shape == (*kernel, 6 // groups, 6)
 
     x = randn(2, 2, *spatial, 6)
     y = call(conv, x)
@@ -316,7 +328,7 @@ def test_conv_vs_reference(kernel, stride, padding, dilation, groups, spatial):
     else:
         pads = [(p, p) if isinstance(p, int) else p for p in expand(padding)]
 
-    expected = ref_conv(x, conv.weight(), conv.bias(), expand(stride), pads, expand(dilation), groups)
+    expected = ref_conv(x, conv.kernel(), conv.bias(), expand(stride), pads, expand(dilation), groups)
     assert y.shape == expected.shape
     assert_close(y, expected)
 
@@ -359,9 +371,10 @@ def ref_attention(attn, xq, xk, xv, mask):
     r"""Loops over heads with explicit projections, in float64."""
 
     def project(linear, x):
-        return np.asarray(x, np.float64) @ np.asarray(linear.weight()) + np.asarray(linear.bias())
+        y = np.asarray(x, np.float64) @ np.asarray(linear.weight())
+        return y if linear.bias is None else y + np.asarray(linear.bias())
 
-    q, k, v = project(attn.q_proj, xq), project(attn.k_proj, xk), project(attn.v_proj, xv)
+    q, k, v = project(attn.lin_q, xq), project(attn.lin_k, xk), project(attn.lin_v, xv)
     d = q.shape[-1] // attn.heads
     heads = []
     for h in range(attn.heads):
@@ -372,12 +385,13 @@ def ref_attention(attn, xq, xk, xv, mask):
         weights = weights / weights.sum(axis=-1, keepdims=True)
         heads.append(weights @ v[..., part])
 
-    return project(attn.out_proj, np.concatenate(heads, axis=-1))
+    return project(attn.lin_y, np.concatenate(heads, axis=-1))
 
 
 def test_attention_vs_reference():
-    attn = nn.MultiheadAttention(4, 8, key=jax.random.key(0))
+    attn = nn.MultiheadAttention(8, heads=4, key=jax.random.key(0))
     attn = jax.tree.map(lambda p: p + 0.1, attn)  # non-zero biases
+    assert attn.lin_y.bias is None  # the output projection has none
 
     xq, xk, xv = randn(1, 2, 5, 8), randn(2, 2, 7, 8), randn(3, 2, 7, 8)
     full = np.ones((5, 7), dtype=bool)
@@ -386,11 +400,11 @@ def test_attention_vs_reference():
     # Self-attention by default, with a key padding mask.
     mask = np.arange(5) < np.asarray([[3], [5]])  # (batch, L_k)
     mask = mask[:, None, :]  # (batch, 1, L_k)
-    assert_close(call(attn, xq, mask=mask), ref_attention(attn, xq, xq, xq, mask))
+    assert_close(call(attn, xq, mask=mask[:, None]), ref_attention(attn, xq, xq, xq, mask))
 
 
 def test_attention_causal():
-    attn = nn.MultiheadAttention(2, 6, key=jax.random.key(0), causal=True)
+    attn = nn.MultiheadAttention(6, heads=2, key=jax.random.key(0), causal=True)
     x = randn(0, 3, 6, 6)
     y = call(attn, x)
 
@@ -409,14 +423,14 @@ def test_attention_causal():
 
 
 def test_attention_fully_masked_is_finite():
-    attn = nn.MultiheadAttention(2, 4, key=jax.random.key(0))
+    attn = nn.MultiheadAttention(4, heads=2, key=jax.random.key(0))
     y = attn(randn(0, 3, 4), mask=jnp.zeros((3, 3), dtype=bool))
     assert bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_attention_unbatched_grad_and_jit():
-    attn = nn.MultiheadAttention(2, 4, key=jax.random.key(0), bias=False, causal=True)
-    assert attn.q_proj.bias is None
+    attn = nn.MultiheadAttention(4, heads=2, key=jax.random.key(0), bias=False, causal=True)
+    assert attn.lin_q.bias is None
     x = randn(0, 5, 4)
 
     assert attn(x).shape == (5, 4)
@@ -424,9 +438,35 @@ def test_attention_unbatched_grad_and_jit():
     assert_grads_flow(lambda m, x: jnp.sum(m(x) ** 2), attn, x)
 
 
-def test_attention_invalid():
-    with pytest.raises(ValueError):
-        nn.MultiheadAttention(3, 8, key=jax.random.key(0))
+def test_attention_features():
+    # H = C // N features per head unless given; the output has C' features.
+    attn = nn.MultiheadAttention(8, heads=3, key=jax.random.key(0))
+    assert attn.lin_q.weight.shape == (8, 6) and attn.lin_y.weight.shape == (6, 8)
+
+    attn = nn.MultiheadAttention(8, 5, 4, heads=2, key=jax.random.key(0))
+    assert attn.lin_k.weight.shape == (8, 8) and attn.lin_y.weight.shape == (8, 5)
+    assert attn(randn(0, 3, 8), randn(1, 7, 8)).shape == (3, 5)
+
+
+def test_attention_causal_with_more_keys():
+    # Query i attends to the keys j with j - i <= T - S: the last query sees them all.
+    attn = nn.MultiheadAttention(4, heads=2, causal=True, key=jax.random.key(0))
+    xq, xk = randn(0, 3, 4), randn(1, 5, 4)
+    causal = np.tril(np.ones((3, 5), dtype=bool), 2)
+    assert_close(call(attn, xq, xk), ref_attention(attn, xq, xk, xk, causal))
+
+
+def test_attention_dropout():
+    attn = nn.MultiheadAttention(4, heads=2, dropout=0.5, key=jax.random.key(0))
+    assert attn.dropout.shape == ()  # an array leaf
+    x = randn(0, 6, 4)
+
+    # Without a key, no dropout; with one, some attention weights are dropped.
+    assert_close(attn(x), ref_attention(attn, x, x, x, np.ones((6, 6), dtype=bool)))
+    assert not np.allclose(attn(x, key=jax.random.key(1)), attn(x))
+    assert_close(attn(x, key=jax.random.key(1)), attn(x, key=jax.random.key(1)))
+    assert_close(nn.MultiheadAttention(4, dropout=0.0, key=jax.random.key(0))(x, key=jax.random.key(1)),
+                 nn.MultiheadAttention(4, key=jax.random.key(0))(x))
 
 
 # Containers
@@ -464,8 +504,15 @@ def test_dropout():
     assert_close(drop(x, key), y)  # deterministic given the key
     assert not np.array_equal(drop(x, jax.random.key(1)), y)
 
-    assert nn.Dropout(0.0)(x, key) is x
+    assert_close(nn.Dropout(0.0)(x, key), x)
     assert_close(nn.Dropout(1.0)(x, key), np.zeros((100, 100)))
+    g = jax.grad(lambda x: jnp.sum(nn.Dropout(1.0)(x, key)))(x)
+    assert_close(g, np.zeros((100, 100)))  # not NaN
+
+    # The rate is an array leaf: it is traced, and partitioned with the arrays.
+    assert drop.p.shape == () and jax.tree.leaves(drop) == [drop.p]
+    rates = jax.vmap(lambda p: jnp.mean(nn.Dropout(p)(x, key) == 0))(jnp.asarray([0.0, 0.5]))
+    assert float(rates[0]) == 0.0 and abs(float(rates[1]) - 0.5) < 0.02
 
     # Gradients flow through the kept elements only.
     g = jax.grad(lambda x: jnp.sum(drop(x, key)))(x)
@@ -482,8 +529,11 @@ def test_training_dropout():
 
     assert drop.training
     assert bool(jnp.any(drop(x, jax.random.key(0)) == 0))
-    with pytest.raises(ValueError, match="key"):
+    # Without a key, the 'dropout' generator gives one.
+    with pytest.raises(ValueError, match="dropout"):
         drop(x)
+    with inox.random.set_rng(dropout=inox.random.PRNG(0)):
+        assert bool(jnp.any(drop(x) == 0))
 
     model.train(False)
     assert drop.training is False

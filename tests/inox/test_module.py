@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+import pickle
 import pytest
 
 import inox.nn as nn
@@ -88,11 +89,29 @@ def test_parameter():
 
 def test_complex_parameter():
     p = nn.ComplexParameter(jnp.asarray([1 + 2j, 3j]))
-    assert p.shape == (2,) and p.dtype == jnp.complex64
-    assert p.value.dtype == jnp.float32
+    assert repr(p) == "ComplexParameter(complex64[2])"
+    assert p.shape == (2,) and p.dtype == jnp.complex64 and p.value.dtype == jnp.complex64
+    assert p.real.dtype == p.imag.dtype == jnp.float32
+    assert [jtu.keystr(k) for k, _ in jtu.tree_leaves_with_path(p)] == [".imag", ".real"]
     grad = jax.grad(lambda p: jnp.abs(p()).sum())(p)
     assert type(grad) is nn.ComplexParameter
-    np.testing.assert_allclose(grad.value, [[1 / 5**0.5, 2 / 5**0.5], [0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(grad.real, [1 / 5**0.5, 0], rtol=1e-6)
+    np.testing.assert_allclose(grad.imag, [2 / 5**0.5, 1], rtol=1e-6)
+
+    # A Python number is converted, as in the original.
+    assert nn.ComplexParameter(7.0 + 8.0j)() == 7 + 8j
+
+
+def test_parameter_forwards_attributes_and_converts():
+    p = nn.Parameter([[1.0, 2.0]])
+    assert isinstance(p.value, jax.Array) and p.T.shape == (2, 1) and p.ndim == 2
+    # Arrays are kept as they are: NumPy ones keep their dtype, even float64.
+    x = np.zeros(2, np.float64)
+    assert nn.Parameter(x).value is x
+    with pytest.raises(AttributeError):
+        p.no_such_attribute
+    q = pickle.loads(pickle.dumps(p))
+    assert type(q) is nn.Parameter and q.shape == (1, 2)
 
 
 def test_module_def():

@@ -148,11 +148,23 @@ def test_printed_paths_are_attribute_chains(model):
 def test_seed_model_repr(model):
     assert repr(model) == (
         "WeightSharingMLP(\n"
-        "  l1=*Linear(bias=Parameter(float32[8]), weight=Parameter(float32[8, 8])),\n"
-        "  l2=*Linear(bias=Parameter(float32[8]), weight=Parameter(float32[8, 8])),\n"
-        "  l3=Linear(bias=Parameter(float32[8]), weight=*Parameter(float32[8, 8])),\n"
-        "  l4=Linear(bias=Parameter(float32[8]), weight=*Parameter(float32[8, 8])),\n"
-        "  relu=ReLU()\n"
+        "  l1 = *Linear(\n"
+        "    bias = Parameter(float32[8]),\n"
+        "    weight = Parameter(float32[8, 8])\n"
+        "  ),\n"
+        "  l2 = *Linear(\n"
+        "    bias = Parameter(float32[8]),\n"
+        "    weight = Parameter(float32[8, 8])\n"
+        "  ),\n"
+        "  l3 = Linear(\n"
+        "    bias = Parameter(float32[8]),\n"
+        "    weight = *Parameter(float32[8, 8])\n"
+        "  ),\n"
+        "  l4 = Linear(\n"
+        "    bias = Parameter(float32[8]),\n"
+        "    weight = *Parameter(float32[8, 8])\n"
+        "  ),\n"
+        "  relu = ReLU()\n"
         ")"
     )
 
@@ -327,7 +339,7 @@ def test_cycles_keep_identity():
     assert [jtu.keystr(p) for p, _ in jtu.tree_leaves_with_path(net)] == [".block.value.w.value"]
     assert find_duplicates(net) == [[".block", ".block.value.me"]]
     assert nn.ties(net) == [nn.Tie("", "block", ".block", [".block.value.me"])]
-    assert repr(net) == "CyclicNet(block=*Block(me=Reference(...), w=Parameter(float32[2])))"
+    assert repr(net) == "CyclicNet(\n  block = *Block(\n    me = Reference(...),\n    w = Parameter(float32[2])\n  )\n)"
 
     static, params, others = net.partition(nn.Parameter)
     outs = [

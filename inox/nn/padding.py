@@ -1,0 +1,67 @@
+r"""Padding layers."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Pad",
+]
+
+import jax.numpy as jnp
+
+from jax import Array
+from typing import Sequence, Tuple
+
+from .module import Module
+
+
+class Pad(Module):
+    r"""Pads the spatial axes of channels-last inputs (:func:`jax.numpy.pad`).
+
+    The number of spatial axes :math:`n` is the length of :py:`padding`: an input of
+    shape :py:`(*, H_1, ..., H_n, C)` gives an output of shape
+    :py:`(*, H_1 + p_1, ..., H_n + p_n, C)`, with :math:`p_i` the total padding of
+    axis :math:`i`.
+
+    Arguments:
+        padding: The padding of each spatial axis: a :py:`(low, high)` pair, or an int
+            for both ends.
+        mode: The padding mode: :py:`'constant'`, :py:`'edge'`, :py:`'reflect'` or
+            :py:`'wrap'`.
+        value: The padding value of the :py:`'constant'` mode, an array leaf.
+
+    Example:
+        >>> pad = nn.Pad([(1, 2)], value=-1.0)
+        >>> pad(jnp.zeros((2, 1)))[:, 0]
+        Array([-1.,  0.,  0., -1., -1.], dtype=float32)
+        >>> nn.Pad([1, (0, 1)], mode='edge')(jnp.ones((4, 3, 3, 2))).shape
+        (4, 5, 4, 2)
+    """
+
+    def __init__(
+        self,
+        padding: Sequence[int | Tuple[int, int]],
+        mode: str = "constant",
+        value: float | Array = 0.0,
+    ):
+        self.padding = padding
+        self.mode = mode
+        self.value = jnp.asarray(value)
+
+    def __call__(self, x: Array) -> Array:
+        r"""
+        Arguments:
+            x: The input, of shape :py:`(*, H_1, ..., H_n, C)`.
+
+        Returns:
+            The padded output.
+        """
+
+        n = len(self.padding)
+        if x.ndim < n + 1:
+            raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+
+        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in self.padding]
+        widths = [(0, 0)] * (x.ndim - n - 1) + pairs + [(0, 0)]
+        if self.mode == "constant":
+            return jnp.pad(x, widths, mode="constant", constant_values=self.value.astype(x.dtype))
+        return jnp.pad(x, widths, mode=self.mode)

@@ -1,0 +1,142 @@
+r"""Pooling layers."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AvgPool",
+    "MaxPool",
+]
+
+import jax
+import jax.numpy as jnp
+import math
+import numbers
+
+from jax import Array
+from typing import Callable, Sequence, Tuple
+
+from .module import Module
+
+
+class Pool(Module):
+    r"""Base class of the pooling layers: reduces the windows of the spatial axes of
+    channels-last inputs with :py:`operator`, from :py:`initial(dtype)`.
+
+    The number of spatial axes :math:`n` is the length of :py:`window_size` (an int
+    means 1). Along spatial axis :math:`i`, the output has
+    :math:`\lfloor (H_i + p_i - k_i) / s_i \rfloor + 1` elements, with :math:`k_i`,
+    :math:`s_i` and :math:`p_i` the window size, stride and total padding.
+
+    Arguments:
+        window_size: The size of the window, per spatial axis.
+        stride: The stride, per spatial axis or for all; the window size if
+            :py:`None` (windows side by side).
+        padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
+            spatial axis.
+    """
+
+    operator: Callable[[Array, Array], Array]
+
+    def __init__(
+        self,
+        window_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[Tuple[int, int]] = 0,
+    ):
+        if isinstance(window_size, numbers.Integral):
+            window_size = (int(window_size),)
+        n = len(window_size)
+
+        if stride is None:
+            stride = window_size
+        elif isinstance(stride, numbers.Integral):
+            stride = [stride] * n
+
+        if isinstance(padding, numbers.Integral):
+            padding = [(padding, padding)] * n
+
+        self.window_size = window_size
+        self.stride = stride
+        self.padding = padding
+
+    @staticmethod
+    def initial(dtype: jnp.dtype) -> Array:
+        raise NotImplementedError
+
+    def __call__(self, x: Array) -> Array:
+        r"""
+        Arguments:
+            x: The input, of shape :py:`(*, H_1, ..., H_n, C)`.
+
+        Returns:
+            The output, of shape :py:`(*, H_1', ..., H_n', C)`.
+        """
+
+        n = len(self.window_size)
+        if x.ndim < n + 1:
+            raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+
+        # The batch and channel axes are windows of one element, unpadded.
+        others = x.ndim - n - 1
+        return jax.lax.reduce_window(
+            x,
+            self.initial(x.dtype),
+            self.operator,
+            window_dimensions=(1,) * others + tuple(self.window_size) + (1,),
+            window_strides=(1,) * others + tuple(self.stride) + (1,),
+            padding=((0, 0),) * others + tuple(map(tuple, self.padding)) + ((0, 0),),
+        )
+
+
+class AvgPool(Pool):
+    r"""Averages the windows of the spatial axes; padded elements count as zeros.
+
+    Arguments:
+        window_size: The size of the window, per spatial axis.
+        stride: The stride, per spatial axis or for all; the window size if
+            :py:`None`.
+        padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
+            spatial axis.
+
+    Example:
+        >>> pool = nn.AvgPool((2, 2))
+        >>> pool(jnp.arange(16.0).reshape(4, 4, 1))[..., 0]
+        Array([[ 2.5,  4.5],
+               [10.5, 12.5]], dtype=float32)
+    """
+
+    operator = staticmethod(jax.lax.add)
+
+    @staticmethod
+    def initial(dtype: jnp.dtype) -> Array:
+        return jnp.zeros((), dtype)
+
+    def __call__(self, x: Array) -> Array:
+        return super().__call__(x) / math.prod(self.window_size)
+
+
+class MaxPool(Pool):
+    r"""Takes the maximum of the windows of the spatial axes; padded elements are
+    ignored.
+
+    Arguments:
+        window_size: The size of the window, per spatial axis.
+        stride: The stride, per spatial axis or for all; the window size if
+            :py:`None`.
+        padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
+            spatial axis.
+
+    Example:
+        >>> pool = nn.MaxPool((2, 2), stride=1)
+        >>> pool(jnp.arange(9.0).reshape(3, 3, 1))[..., 0]
+        Array([[4., 5.],
+               [7., 8.]], dtype=float32)
+    """
+
+    operator = staticmethod(jax.lax.max)
+
+    @staticmethod
+    def initial(dtype: jnp.dtype) -> Array:
+        if jnp.issubdtype(dtype, jnp.integer):
+            return jnp.asarray(jnp.iinfo(dtype).min, dtype)
+        return jnp.asarray(-jnp.inf, dtype)
