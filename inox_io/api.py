@@ -306,7 +306,10 @@ def abstract(fn: Callable[..., PyTree], *args: Any, **kwargs: Any) -> PyTree:
     Example:
         >>> like = abstract(nn.Linear, 3, 5, key=jax.random.key(0))
         >>> like
-        Linear(bias=Parameter(float32[5]), weight=Parameter(float32[3, 5]))
+        Linear(
+          bias = Parameter(float32[5]),
+          weight = Parameter(float32[3, 5])
+        )
         >>> type(like.weight.value).__name__
         'ShapeDtypeStruct'
     """
