@@ -159,6 +159,30 @@ class InoxIO(Method):
         return _ready(jax.tree.leaves(tree))
 
 
+class InoxIONamed(Method):
+    r"""A file as Hugging Face writes it (PyTorch names, no inox_io manifest, each tied
+    array once), written by ``safetensors.flax.save_file``; loaded by inox_io with
+    ``names=inox_io.torch_names``: the named route, against the keyed one of
+    ``inox_io-safetensors`` on the same bytes."""
+
+    name, suffix, sharded = "inox_io-named", ".safetensors", True
+
+    def save(self, path: Path, data: Data) -> None:
+        from safetensors.flax import save_file
+
+        import inox.tree
+
+        _, arrays = inox.tree.partition(data.tree)  # each tied array once, at its first path
+        save_file({inox_io.torch_names(k): v for k, v in arrays.items()}, str(path), metadata={"format": "pt"})
+        _fsync(path)
+
+    def load(self, path: Path, like: Data, sharding: Callable[[Any], Any] | None = None) -> Any:
+        options: Dict[str, Any] = {"names": inox_io.torch_names}
+        if sharding is not None:
+            options["shardings"] = lambda position, leaf: sharding(leaf)
+        return _ready(jax.tree.leaves(inox_io.load(path, like.tree, **options)))
+
+
 class Orbax(Method):
     r"""orbax's ``StandardCheckpointer``: save (then wait until finished) and restore
     with abstract targets. The tie is written twice."""
@@ -245,7 +269,8 @@ def inox_formats() -> Dict[str, str]:
 def all_names() -> List[str]:
     r"""The names of all methods, in table order."""
 
-    return ["raw", *[f"inox_io-{n}" for n in inox_formats()], "orbax", "safetensors", "npy-leaves"]
+    inox = [f"inox_io-{n}" for n in inox_formats()]
+    return ["raw", *inox, "inox_io-named", "orbax", "safetensors", "npy-leaves"]
 
 
 def methods(names: List[str]) -> List[Method]:
@@ -258,6 +283,8 @@ def methods(names: List[str]) -> List[Method]:
             continue
         if name == "raw":
             out.append(Raw())
+        elif name == "inox_io-named":
+            out.append(InoxIONamed())
         elif name.startswith("inox_io-"):
             fmt = name[len("inox_io-") :]
             out.append(InoxIO(fmt, formats[fmt]))

@@ -101,6 +101,8 @@ def check(results: Dict[str, Any]) -> List[Check]:
                     _ratio_check(out, case, f"orbax {op} / {m} {op}", speedup, 20, at_least=True)
                     _ratio_check(out, case, f"{m} {op} / raw {op}", ratio(methods, m, "raw", op), 1.5)
         if case == "c":
+            named = ratio(methods, "inox_io-named", "inox_io-safetensors", "load")
+            _ratio_check(out, case, "inox_io-named load / inox_io-safetensors load", named, 1.15)
             unique = results[case]["unique_bytes"]
             for m in [m for m in methods if m.startswith("inox_io-")]:
                 disk = methods[m].get("disk")
