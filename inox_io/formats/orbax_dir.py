@@ -47,6 +47,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
+from .. import distributed
 from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
@@ -189,7 +190,7 @@ class OrbaxDirectoryFormat(Format):
         for info in manifest.arrays.values():
             info.crc32 = None
 
-        primary = jax.process_index() == 0
+        primary = distributed.is_primary()
         temp = shared_temporary_path(path)
         error: BaseException | None = None
         if primary:
@@ -197,7 +198,7 @@ class OrbaxDirectoryFormat(Format):
                 temp.mkdir()
             except OSError as e:
                 error = e
-        settle(path, error)  # also the barrier: nobody writes before the directory exists
+        distributed.agree(path, error)  # also the barrier: nobody writes before the directory exists
 
         try:
             # Orbax refuses empty arrays; the manifest alone describes them.
@@ -210,7 +211,7 @@ class OrbaxDirectoryFormat(Format):
                 # Checksummed in a thread (crc32 releases the GIL) while orbax writes.
                 crcs = pool.submit(checksums, manifest, arrays) if single else None
                 if items:
-                    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+                    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=runtime_barriers())
                     try:
                         # Collective: each process writes its own shards; orbax waits for all.
                         checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items))
@@ -219,17 +220,23 @@ class OrbaxDirectoryFormat(Format):
                 if crcs is not None:
                     for key, value in crcs.result().items():
                         manifest.arrays[key].crc32 = value
+        except BaseException as e:
+            error = e
+        try:
+            # Every process's shards are written (or none commits) before the manifest.
+            distributed.agree(path, error)
             if primary:
                 with AtomicFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest.to_json().encode())
                 fsync_directory(temp)
                 commit(temp, path, overwrite)
+            error = None
         except BaseException as e:
             error = e
         finally:
             if primary and temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
-        settle(path, error)
+        distributed.agree(path, error)
 
     def open(self, path: Path) -> OrbaxReader:
         return OrbaxReader(path)
@@ -256,27 +263,22 @@ def shared_temporary_path(path: Path) -> Path:
 
     if jax.process_count() == 1:
         return temporary_path(path)
-    from jax.experimental import multihost_utils
+    pid, token = distributed.broadcast("temporary", [os.getpid(), secrets.token_hex(4)])
+    return path.with_name(f"{TEMP_PREFIX}{path.name}.{pid}.{token}")
 
-    pid, token = multihost_utils.broadcast_one_to_all(
-        np.array([os.getpid(), secrets.randbits(31)], dtype=np.int32)
+
+def runtime_barriers() -> Any:
+    r"""Orbax options that make its barriers those of the distributed runtime, not
+    device collectives, which would deadlock against the training loop's own when a
+    save runs in a background thread."""
+
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(
+        active_processes=set(range(jax.process_count())), barrier_sync_key_prefix=distributed.name("orbax")
     )
-    return path.with_name(f"{TEMP_PREFIX}{path.name}.{int(pid)}.{int(token):08x}")
-
-
-def settle(path: Path, error: BaseException | None) -> None:
-    r"""Raises this process's error, or process 0's failure on every process, so that
-    no process reports success alone (and all reach this point: it is a barrier)."""
-
-    ok = error is None
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        ok = bool(multihost_utils.broadcast_one_to_all(np.array(ok, dtype=np.int32)))
-    if error is not None:
-        raise error
-    if not ok:
-        raise CheckpointError(path, "the save failed on process 0; nothing was written")
 
 
 def commit(temp: Path, path: Path, overwrite: bool) -> None:
