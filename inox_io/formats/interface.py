@@ -99,6 +99,9 @@ class Format(abc.ABC):
     description: str
     #: The write options it takes (keyword arguments of :meth:`write`).
     options: Tuple[str, ...] = ()
+    #: Whether every process of a job takes part in :meth:`write`, each writing its own
+    #: shards (arrays may span processes); otherwise one process writes whole arrays.
+    collective: bool = False
 
     @abc.abstractmethod
     def matches(self, path: Path) -> bool:

@@ -165,6 +165,7 @@ class OrbaxDirectoryFormat(Format):
     r"""Directories: existing ones, and paths without a suffix."""
 
     name, suffix, description = "orbax", "", "checkpoint directories"
+    collective = True
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() or path.suffix == ""
