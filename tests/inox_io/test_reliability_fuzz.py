@@ -3,8 +3,9 @@ and hand-crafted files.
 
 Every case must end in :class:`inox_io.CheckpointError`, or, where the damage only hit
 bytes that do not matter (padding, library versions), return exactly the original
-values; in bounded time, and allocating memory in proportion to the file's size, never
-to the sizes the file declares. Damage: bit flips, overwritten, inserted and deleted
+values; reading each byte of the file a bounded number of times, and allocating memory
+in proportion to the file's size, never to the sizes the file declares (work is
+counted, never timed: timings belong to the benchmarks). Damage: bit flips, overwritten, inserted and deleted
 bytes, truncation at every byte, wrong header lengths; crafted: hostile manifest fields
 (unknown dtypes, huge or overflowing shapes, ``..`` and ``/`` in keys, odd tags),
 duplicate JSON keys, deep nesting, overlapping and out-of-range offsets.
@@ -18,8 +19,8 @@ import io
 import itertools
 import json
 import math
+import os
 import struct
-import time
 import tokenize
 import tracemalloc
 import zlib
@@ -46,7 +47,9 @@ TREE = {"model": make_tree(5), "key": jax.random.key(3)}
 #: Examples per hypothesis test and format (the slow variants run SLOW_FACTOR times more).
 BIT_FLIPS, OVERWRITES, SPLICES, LENGTHS, HOSTILE = 150, 60, 60, 40, 200
 SLOW_FACTOR = 20
-TIME_BOUND = 5.0  #: seconds per case: generous, a hang or a blow-up takes far longer
+#: How many times the ways of :func:`read_all` may read each byte of a file from disk
+#: (load and read_every_array read it once each; inspect and verify use the map).
+READS_PER_BYTE = 2
 MEMORY_SLACK = 2**20  #: bytes of traced allocation allowed besides 16 x the file size
 
 
@@ -127,35 +130,56 @@ def read_every_array(path: Path, place: bool = True) -> Tuple[inox_io.Manifest, 
         return reader.manifest, reader.load({key: Target() for key in reader.manifest.arrays})
 
 
-def read_all(path: Path, place: bool) -> Tuple[Outcome, float, int]:
-    r"""Reads a file every way there is; returns what was read, the seconds it took and
-    the peak of traced allocations. Only CheckpointError may come out."""
+class CountedReads:
+    r"""Counts the bytes and calls of ``os.preadv`` (how the readers read arrays) while
+    active: work that can be counted, where a timing would flake on a busy machine."""
+
+    def __init__(self):
+        self.bytes = self.calls = 0
+        self.preadv = os.preadv
+
+    def __call__(self, fd, buffers, offset):
+        n = self.preadv(fd, buffers, offset)
+        self.bytes, self.calls = self.bytes + n, self.calls + 1
+        return n
+
+    def __enter__(self) -> "CountedReads":
+        os.preadv = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.preadv = self.preadv
+
+
+def read_all(path: Path, place: bool) -> Tuple[Outcome, CountedReads, int]:
+    r"""Reads a file every way there is; returns what was read, the reads made and the
+    peak of traced allocations. Only CheckpointError may come out."""
 
     outcome = Outcome()
     tracemalloc.start()
-    start = time.perf_counter()
     try:
-        for name, read in (
-            ("inspect", lambda: inox_io.inspect(path)),
-            ("verify", lambda: inox_io.verify(path)),
-            ("loaded", lambda: inox_io.load(path, TREE)),
-            ("arrays", lambda: read_every_array(path, place)),
-        ):
-            try:
-                result = read()
-            except inox_io.CheckpointError:
-                continue
-            if name == "loaded":
-                outcome.loaded = result
-            elif name == "arrays":
-                outcome.manifest, outcome.arrays = result
-        return outcome, time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+        with CountedReads() as reads:
+            for name, read in (
+                ("inspect", lambda: inox_io.inspect(path)),
+                ("verify", lambda: inox_io.verify(path)),
+                ("loaded", lambda: inox_io.load(path, TREE)),
+                ("arrays", lambda: read_every_array(path, place)),
+            ):
+                try:
+                    result = read()
+                except inox_io.CheckpointError:
+                    continue
+                if name == "loaded":
+                    outcome.loaded = result
+                elif name == "arrays":
+                    outcome.manifest, outcome.arrays = result
+        return outcome, reads, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
 
 def attempt(data: bytes, fmt: str, workdir: Path, place: bool = True) -> Outcome:
-    r"""Reads a file every way there is, within the time and memory bounds.
+    r"""Reads a file every way there is, within the read and memory bounds.
 
     Without :py:`place`, the arrays are read and checked on the host, not placed on a
     device one by one (which takes long for thousands of arrays).
@@ -165,14 +189,16 @@ def attempt(data: bytes, fmt: str, workdir: Path, place: bool = True) -> Outcome
     path = workdir / f"case{next(_counter)}.{fmt}"
     path.write_bytes(data)
     try:
-        outcome, elapsed, peak = read_all(path, place)
+        outcome, reads, peak = read_all(path, place)
         if peak > memory_bound(len(data)):
             # Once more: the first use of a code path may import a module or fill a cache
             # (megabytes, once per process); an allocation the file causes comes back.
-            outcome, elapsed, peak = read_all(path, place)
+            outcome, reads, peak = read_all(path, place)
     finally:
         path.unlink()
-    assert elapsed < TIME_BOUND, f"{elapsed:.1f} s to read {len(data)} bytes"
+    assert reads.bytes <= READS_PER_BYTE * len(data), f"{reads.bytes} bytes read from a file of {len(data)}"
+    # Each call reads at least one byte, but for the one finding the end of a run.
+    assert reads.calls <= 2 * (reads.bytes + 1), f"{reads.calls} reads of {reads.bytes} bytes"
     assert peak <= memory_bound(len(data)), f"{peak} bytes allocated to read {len(data)} bytes"
     if outcome.arrays is not None:
         check_arrays(outcome.manifest, outcome.arrays)
@@ -206,7 +232,7 @@ def run(test: Callable, strategy: st.SearchStrategy, examples: int) -> int:
 
     @settings(
         max_examples=examples,
-        deadline=None,  # TIME_BOUND instead: a deadline flakes on a busy machine
+        deadline=None,  # bounds on work instead (attempt): a deadline flakes on a busy machine
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
