@@ -194,20 +194,28 @@ class OrbaxDirectoryFormat(Format):
         primary = distributed.is_primary()
         temp = shared_temporary_path(path)
         error: BaseException | None = None
-        if primary:
-            try:
-                temp.mkdir()
-            except OSError as e:
-                error = e
-        distributed.agree(path, error)  # also the barrier: nobody writes before the directory exists
-
+        items: Dict[str, Any] = {}
         try:
+            if primary:
+                temp.mkdir()
             # Orbax refuses empty arrays; the manifest alone describes them.
             items = {
                 orbax_name(key): to_orbax(manifest.arrays[key], x)
                 for key, x in arrays.items()
                 if not empty(manifest.arrays[key])
             }
+        except Exception as e:
+            error = e
+        # Also the barrier: nobody writes before the directory exists, and no process
+        # enters orbax's collective save that another would not reach.
+        try:
+            distributed.agree(path, error)
+        except BaseException:
+            if primary and temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+        try:
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32") as pool:
                 # Checksummed in a thread (crc32 releases the GIL) while orbax writes.
                 crcs = pool.submit(checksums, manifest, arrays) if single else None

@@ -18,12 +18,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping
 
-from .. import api
+from .. import api, distributed
 from ..atomic import AtomicFile, fsync_directory, remove_temporaries, temporary_path, write_all
 from ..errors import CheckpointError
 from ..formats import format_for, format_named
 from . import metadata as step_file
-from .lock import DirectoryLock
+from .lock import DirectoryLock, DirectoryLockedError
+from .preemption import PreemptionWatcher
 from .retention import Retention
 from .snapshot import Item, snapshot
 
@@ -61,6 +62,21 @@ class CheckpointManager:
     a step older than the newest). Steps are ordered by number.
 
     A manager is meant for one thread: the training loop that saves and restores.
+
+    **Across processes** (after :func:`jax.distributed.initialize`), every process
+    constructs the manager on the same directory and calls :meth:`save`,
+    :meth:`wait_until_finished`, :meth:`restore`, :meth:`delete`,
+    :meth:`reached_preemption` and :meth:`close` together, in the same order. Each
+    process writes its own shards of the arrays that span processes (a collective
+    layout); arrays every process holds whole are written by process 0 only. Process
+    0 holds the lock, commits each step once every process has written its part,
+    applies retention, and tells the others which steps exist: :meth:`all_steps`
+    answers the same on every process, and no process sees a step before it is
+    complete everywhere. An error on any process fails the step on every process
+    (the others get a :class:`~inox_io.CheckpointError` naming the process and its
+    error) and leaves earlier steps as they were. Processes agree through the
+    distributed runtime's key-value store, never through device collectives, so that
+    background saves never stall or deadlock the training loop's own.
 
     Arguments:
         directory: The checkpoint directory, created if needed.
@@ -126,16 +142,39 @@ class CheckpointManager:
         self._error: BaseException | None = None
         self._lock: DirectoryLock | None = None
         self._closed = False
+        self._preemption = PreemptionWatcher()
+        # Across processes, the steps process 0 last announced (see all_steps).
+        self._steps: List[int] | None = None
 
         if read_only:
             if not self.directory.is_dir():
                 raise FileNotFoundError(f"{self.directory}: no such checkpoint directory")
             return
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = DirectoryLock(self.directory)
-        # Holding the lock, no other writer is active: every temporary is a leftover.
-        remove_temporaries(self.directory)
+        # The names of this manager's agreements, the same on every process.
+        self._scope = distributed.name("manager")
+        with distributed.scope(self._scope):
+            error = None
+            if distributed.is_primary():
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    self._lock = DirectoryLock(self.directory)
+                    # Holding the lock, no other writer is active: every temporary is a leftover.
+                    remove_temporaries(self.directory)
+                except BaseException as e:
+                    error = e
+            refusal = distributed.broadcast("lock", None if error is None else [type(error).__name__, str(error)])
+            if error is not None:
+                if self._lock is not None:
+                    self._lock.release()
+                raise error
+            if refusal is not None:
+                kind, message = refusal
+                if kind == DirectoryLockedError.__name__:
+                    raise DirectoryLockedError(message)
+                raise CheckpointError(self.directory, f"failed on process 0: {kind}: {message}")
+            if jax.process_count() > 1:
+                self._announce(distributed.broadcast("steps", self._steps_on_disk()))
 
     # Steps
 
@@ -145,9 +184,16 @@ class CheckpointManager:
         return self.directory / str(step)
 
     def all_steps(self) -> List[int]:
-        r"""The complete steps, in increasing order, as on disk now."""
+        r"""The complete steps, in increasing order: as on disk now, or, for a writer
+        across processes, as process 0 announced at the last commit or deletion (the
+        same answer on every process)."""
 
         self._check_open()
+        if self._steps is not None:
+            return list(self._steps)
+        return self._steps_on_disk()
+
+    def _steps_on_disk(self) -> List[int]:
         steps = []
         for entry in os.scandir(self.directory):
             if _STEP_NAME.match(entry.name) and os.path.isfile(os.path.join(entry.path, step_file.METADATA_FILE)):
@@ -247,63 +293,128 @@ class CheckpointManager:
         step = int(step)
         if not (force or self.should_save(step)):
             return False
-        if jax.process_count() > 1:
-            raise NotImplementedError("CheckpointManager commits steps from a single process only")
-        if not isinstance(items, Mapping) or not items:
-            raise TypeError("items must be a non-empty dict of trees")
-        metrics = step_file.scalar_metrics(metrics)
-
         self.wait_until_finished()
-        if step in self.all_steps():
-            raise ValueError(f"{self.step_directory(step)}: step {step} is already saved; delete it first")
-        if os.path.lexists(self.step_directory(step)):
-            raise ValueError(f"{self.step_directory(step)} exists but is not a complete step; remove it first")
+        final = self.step_directory(step)
+        with distributed.scope(self._scope):
+            # Every process checks and takes its snapshot; all agree before any writes,
+            # so that a bad item on one process fails the step on all, at once.
+            held, temp, error = [], None, None
+            try:
+                if not isinstance(items, Mapping) or not items:
+                    raise TypeError("items must be a non-empty dict of trees")
+                metrics = step_file.scalar_metrics(metrics)
+                if step in self.all_steps():
+                    raise ValueError(f"{final}: step {step} is already saved; delete it first")
+                if os.path.lexists(final):
+                    raise ValueError(f"{final} exists but is not a complete step; remove it first")
+                held = [snapshot(name, tree, self.item_format) for name, tree in items.items()]
+                for item in held:
+                    if item.fmt is not None and not (item.fmt.collective or distributed.is_primary()):
+                        item.arrays = None  # process 0 writes what every process holds whole
+                temp = self._step_temporary(final)
+            except BaseException as e:
+                error = e
+            try:
+                distributed.agree(final, error)
+            except BaseException:
+                if temp is not None and distributed.is_primary():
+                    shutil.rmtree(temp, ignore_errors=True)
+                raise
 
-        held = [snapshot(name, tree, self.item_format) for name, tree in items.items()]
         if self.async_save:
             self._thread = threading.Thread(
-                target=self._background, args=(step, held, metrics), name=f"inox_io-save-{step}"
+                target=self._background, args=(step, temp, held, metrics), name=f"inox_io-save-{step}"
             )
             self._thread.start()  # not a daemon: a pending save finishes at interpreter exit
         else:
-            self._write(step, held, metrics)
+            self._commit(step, temp, held, metrics)
         return True
 
-    def _background(self, step: int, held: List[Item], metrics: Dict[str, Any] | None) -> None:
+    def _step_temporary(self, final: Path) -> Path:
+        r"""The step's temporary directory, named and made by process 0."""
+
+        temp = Path(distributed.broadcast("temporary", str(temporary_path(final))))
+        if distributed.is_primary():
+            temp.mkdir()
+        return temp
+
+    def _background(self, step: int, temp: Path, held: List[Item], metrics: Dict[str, Any] | None) -> None:
         try:
-            self._write(step, held, metrics)
+            self._commit(step, temp, held, metrics)
         except BaseException as e:
             self._error = e
 
-    def _write(self, step: int, held: List[Item], metrics: Dict[str, Any] | None) -> None:
+    def _commit(self, step: int, temp: Path, held: List[Item], metrics: Dict[str, Any] | None) -> None:
+        r"""Writes this process's part of a step, then, once every process has, process
+        0 commits it and the others learn the outcome."""
+
         final = self.step_directory(step)
-        temp = temporary_path(final)
-        temp.mkdir()
-        try:
-            items = {}
-            for item in held:
-                if item.fmt is None:
-                    items[item.name] = {"json": item.json}
-                    continue
-                path = item.fmt.item_path(temp, item.name)
+        primary = distributed.is_primary()
+        with distributed.scope(f"{self._scope}/step-{step}"):
+            error, items = None, {}
+            try:
+                items = self._write_items(temp, held)
+            except BaseException as e:
+                error = e
+            try:
+                distributed.agree(final, error)
+            except BaseException:
+                if primary:
+                    shutil.rmtree(temp, ignore_errors=True)
+                raise
+            if not primary:
+                outcome = distributed.broadcast("committed", None)
+                if outcome["error"] is not None:
+                    raise CheckpointError(final, f"failed on process 0: {outcome['error']}; nothing was committed")
+                self._announce(outcome["steps"])
+                return
+            try:
+                self._rename(step, temp, final, items, metrics)
+            except BaseException as e:
+                shutil.rmtree(temp, ignore_errors=True)
+                distributed.broadcast("committed", {"error": f"{type(e).__name__}: {e}"})
+                raise
+            retention = None
+            try:
+                self._retain(step)
+            except BaseException as e:
+                retention = e  # the step is committed: the others must hear it
+            self._announce(distributed.broadcast("committed", {"error": None, "steps": self._steps_on_disk()}))
+            if retention is not None:
+                raise retention
+
+    def _announce(self, steps: List[int]) -> None:
+        r"""Across processes: the steps process 0 says exist, on every process."""
+
+        if jax.process_count() > 1:
+            self._steps = steps
+            for step in set(self._metadata) - set(steps):
+                del self._metadata[step]
+
+    def _write_items(self, temp: Path, held: List[Item]) -> Dict[str, Dict[str, Any]]:
+        items = {}
+        for item in held:
+            if item.fmt is None:
+                items[item.name] = {"json": item.json}
+                continue
+            path = item.fmt.item_path(temp, item.name)
+            if item.fmt.collective or distributed.is_primary():
                 item.fmt.write(path, item.manifest, item.arrays, overwrite=False)
                 item.arrays = None  # frees the snapshot early (host copies, held CPU buffers)
                 if format_for(path) is not item.fmt:
                     raise ValueError(f"{path}: written as {item.fmt.name} but would not be read back as such")
-                items[item.name] = {"file": path.name, "format": item.fmt.name}
+            items[item.name] = {"file": path.name, "format": item.fmt.name}
+        return items
 
-            # Written last, and required when listing: a step without it is not complete.
-            with AtomicFile(temp / step_file.METADATA_FILE) as f:
-                write_all(f.fd, json.dumps(step_file.step_metadata(step, items, metrics), indent=1).encode())
-            fsync_directory(temp)
-            if final.exists():  # os.rename would replace an empty directory
-                raise FileExistsError(f"{final} appeared during the save")
-            os.rename(temp, final)
-            fsync_directory(self.directory)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        self._retain(step)
+    def _rename(self, step: int, temp: Path, final: Path, items: Dict[str, Any], metrics: Dict[str, Any] | None) -> None:
+        # Written last, and required when listing: a step without it is not complete.
+        with AtomicFile(temp / step_file.METADATA_FILE) as f:
+            write_all(f.fd, json.dumps(step_file.step_metadata(step, items, metrics), indent=1).encode())
+        fsync_directory(temp)
+        if final.exists():  # os.rename would replace an empty directory
+            raise FileExistsError(f"{final} appeared during the save")
+        os.rename(temp, final)
+        fsync_directory(self.directory)
 
     def _retain(self, saved: int) -> None:
         if self.retention.max_to_keep is None:
@@ -327,7 +438,16 @@ class CheckpointManager:
         self.wait_until_finished()
         if step not in self.all_steps():
             raise FileNotFoundError(f"{self.step_directory(step)}: no complete step {step}")
-        self._delete(step)
+        with distributed.scope(self._scope):
+            error = None
+            if distributed.is_primary():
+                try:
+                    self._delete(step)
+                except BaseException as e:
+                    error = e
+            distributed.agree(self.step_directory(step), error)
+            if jax.process_count() > 1:
+                self._announce(distributed.broadcast("steps", self._steps_on_disk()))
 
     def _delete(self, step: int) -> None:
         final = self.step_directory(step)
@@ -349,6 +469,31 @@ class CheckpointManager:
             error, self._error = self._error, None
             error.add_note(f"raised by a background save to {self.directory}")
             raise error
+
+    def reached_preemption(self, step: int) -> bool:
+        r"""Whether the job was told to stop (``SIGTERM``, or a preemption notice that
+        JAX's distributed runtime forwards): then save :py:`step` with
+        :py:`force=True`, :meth:`wait_until_finished`, and exit. Across processes,
+        every process asks at every step, and all get :py:`True` at the same step. In
+        one process, the first call installs a ``SIGTERM`` handler (the previous one
+        is back after :meth:`close`).
+
+        Example:
+            >>> import os, signal, tempfile
+            >>> manager = CheckpointManager(tempfile.mkdtemp())
+            >>> for step in range(100):
+            ...     if step == 3:
+            ...         os.kill(os.getpid(), signal.SIGTERM)  # the scheduler, say
+            ...     if manager.reached_preemption(step):
+            ...         _ = manager.save(step, {'w': np.zeros(2)}, force=True)
+            ...         break
+            >>> manager.close()
+            >>> CheckpointManager(manager.directory, read_only=True).all_steps()
+            [3]
+        """
+
+        self._check_open()
+        return self._preemption.reached(step)
 
     # Restoring
 
@@ -429,6 +574,10 @@ class CheckpointManager:
             self.wait_until_finished()
         finally:
             self._closed = True
+            self._preemption.close()
+            if not self.read_only:
+                with distributed.scope(self._scope):
+                    distributed.barrier("close")  # no process releases the lock while another writes
             if self._lock is not None:
                 self._lock.release()
 
