@@ -17,7 +17,13 @@ from __future__ import annotations
 
 __all__ = [
     "TEMP_PREFIX",
+    "NAME_MAX",
     "AtomicFile",
+    "open_regular",
+    "read_regular",
+    "save_error",
+    "save_guard",
+    "temporary_name",
     "fsync_directory",
     "is_temporary",
     "remove_temporaries",
@@ -26,13 +32,24 @@ __all__ = [
     "writev_all",
 ]
 
+import contextlib
+import errno
+import hashlib
 import os
 import secrets
 import shutil
+import stat
 import types
 
 from pathlib import Path
-from typing import List
+from typing import Callable, Iterator, List, Tuple
+
+from .errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, so no cleaning of other saves' leftovers
+    fcntl = None
 
 TEMP_PREFIX = ".inox_io-tmp-"
 
@@ -74,6 +91,7 @@ syscalls = types.SimpleNamespace(
     replace=os.replace,
     link=os.link,
     unlink=os.unlink,
+    flock=fcntl.flock if fcntl is not None else None,
     writeback=_writeback_function(),  # a hint; None where there is none
 )
 
@@ -88,8 +106,51 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return Path(path).name.startswith(TEMP_PREFIX)
 
 
+#: The longest file name most file systems take (ext4, xfs, btrfs, tmpfs: NAME_MAX).
+NAME_MAX = 255
+#: What a temporary's name adds to its target's: the prefix, ``.<pid>.<8 hex digits>``.
+_TEMP_EXTRA = len(TEMP_PREFIX) + 1 + 10 + 1 + 8
+
+
+def temporary_stem(name: str) -> str:
+    r"""What stands for a target's name in its temporaries' names: the name itself, or,
+    where the temporary's name would pass :data:`NAME_MAX` bytes, a digest of it, so
+    that every name the file system takes can be saved.
+
+    Example:
+        >>> temporary_stem('model.safetensors')
+        'model.safetensors'
+        >>> len(temporary_stem('m' * 250))
+        33
+    """
+
+    if len(os.fsencode(name)) + _TEMP_EXTRA <= NAME_MAX:
+        return name
+    return "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+
+
+def temporary_name(target: str, pid: int | None = None) -> str:
+    r"""A fresh temporary name for :py:`target` (a file name): ``.inox_io-tmp-`` + its
+    :func:`temporary_stem` + ``.<pid>.<8 random hex digits>``."""
+
+    return f"{TEMP_PREFIX}{temporary_stem(target)}.{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}"
+
+
 def temporary_path(target: Path) -> Path:
-    return target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    return target.with_name(temporary_name(target.name))
+
+
+def temporaries_of(folder: Path, target: str) -> List[str]:
+    r"""The names in :py:`folder` that are temporaries of :py:`target` (made by
+    :func:`temporary_name`), with the pid each names; not those of other targets, even
+    where one's name starts with the other's (``ckpt`` and ``ckpt.safetensors``)."""
+
+    prefix = f"{TEMP_PREFIX}{temporary_stem(target)}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [name for name in names if name.startswith(prefix) and _owner(name[len(prefix) :]) is not None]
 
 
 def remove_temporaries(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
@@ -140,15 +201,11 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """
 
     target = Path(target)
-    prefix = f"{TEMP_PREFIX}{target.name}."
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return []
+    prefix = f"{TEMP_PREFIX}{temporary_stem(target.name)}."
     removed = []
-    for name in names:
-        pid = _owner(name[len(prefix) :]) if name.startswith(prefix) else None
-        if pid is None or name in _ACTIVE or (pid != os.getpid() and _alive(pid)):
+    for name in temporaries_of(target.parent, target.name):
+        pid = _owner(name[len(prefix) :])
+        if name in _ACTIVE or (pid != os.getpid() and _alive(pid)):
             continue
         try:
             syscalls.unlink(target.parent / name)  # a directory (not ours) raises: kept
@@ -156,6 +213,150 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
             continue
         removed.append(target.parent / name)
     return removed
+
+
+@contextlib.contextmanager
+def save_guard(folder: str | os.PathLike, clean: Callable[[], None]) -> Iterator[None]:
+    r"""Holds a shared lock (``flock``) on :py:`folder` while a save writes there, and
+    first calls :py:`clean` if it can hold the lock alone: then no save of any process
+    using this guard is running in the folder, so every leftover of an earlier save
+    there (a temporary, an unreferenced shard) belongs to a save that was interrupted,
+    and can be removed. The rule cannot match a live save, pids reused or not: a live
+    save holds its lock until its leftovers are either committed or removed.
+
+    Where another save is running, :py:`clean` is left for a later save. Where there are
+    no locks (Windows), nothing is cleaned. A lock lasts as long as its process: a killed
+    save's lock goes with it.
+
+    Raises:
+        OSError: if the folder cannot be opened or locked.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with save_guard(folder, lambda: print('alone: cleaning')):
+        ...     with save_guard(folder, lambda: print('never printed: a save is running')):
+        ...         pass
+        alone: cleaning
+    """
+
+    if syscalls.flock is None:
+        yield
+        return
+    fd = syscalls.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        try:
+            syscalls.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            alone = False
+        if alone:
+            try:
+                clean()
+            except OSError:
+                pass  # best effort: cleaning must not fail the save that does it
+        # Shared from now on; a cleaner waiting for the lock alone waits for this save.
+        syscalls.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        syscalls.close(fd)  # releases the lock
+
+
+def open_regular(path: str | os.PathLike, *, dir_fd: int | None = None) -> int:
+    r"""Opens a file of a checkpoint for reading and returns its descriptor, refusing at
+    once anything but a regular file: FIFOs (which ``tar`` keeps, and whose open
+    would wait forever for a writer), devices, sockets, directories.
+
+    The check is made on the opened descriptor (``fstat``), so the path cannot be
+    swapped between a check and the open; ``O_NONBLOCK`` makes the open of a FIFO
+    return at once. Every reader of every layout opens its files here.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        CheckpointError: naming the file, for anything else that is not a readable
+            regular file.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> os.mkfifo(folder / 'pipe.safetensors')
+        >>> open_regular(folder / 'pipe.safetensors')
+        Traceback (most recent call last):
+          ...
+        inox_io.errors.CheckpointError: /...pipe.safetensors: a FIFO, not a regular file; refusing to read it
+    """
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    shown = path if dir_fd is None else f"{path} (in an open directory)"
+    try:
+        fd = syscalls.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise CheckpointError(shown, f"cannot be opened ({e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(shown, f"{_kind(mode)}, not a regular file; refusing to read it")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file ignores it; restored all the same
+    except BaseException:
+        syscalls.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def read_regular(path: str | os.PathLike, limit: int, *, dir_fd: int | None = None) -> Tuple[bytes, os.stat_result]:
+    r"""The bytes of a small regular file of a checkpoint (an index, a manifest) opened
+    with :func:`open_regular`, and its status (which identifies the file read:
+    ``st_dev``, ``st_ino``).
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        CheckpointError: for what :func:`open_regular` refuses, a file of more than
+            :py:`limit` bytes, or a failed read.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / 'index.json'
+        >>> _ = path.write_text('{}')
+        >>> read_regular(path, 10)[0]
+        b'{}'
+        >>> read_regular(path, 1)
+        Traceback (most recent call last):
+          ...
+        inox_io.errors.CheckpointError: /...index.json: 2 bytes, more than the 1 allowed
+    """
+
+    fd = open_regular(path, dir_fd=dir_fd)
+    try:
+        status = os.fstat(fd)
+        if status.st_size > limit:
+            raise CheckpointError(path, f"{status.st_size} bytes, more than the {limit} allowed")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 2**24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # grown since the fstat
+            raise CheckpointError(path, f"more than the {limit} bytes allowed")
+        return b"".join(chunks), status
+    except OSError as e:
+        raise CheckpointError(path, f"cannot be read ({e})") from None
+    finally:
+        syscalls.close(fd)
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -221,6 +422,23 @@ def pwrite_all(fd: int, data, offset: int) -> None:
     while view:
         written = syscalls.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def save_error(error: OSError, target: str | os.PathLike, *, committed: bool = False) -> OSError:
+    r"""The error of a failed save of :py:`target`: the same errno (so the same
+    :class:`OSError` subclass), naming the target and saying what it holds now.
+
+    Example:
+        >>> save_error(OSError(errno.ENOSPC, 'No space left on device'), 'ckpt')
+        OSError(28, 'No space left on device (not saved; the checkpoint there, if any, is untouched)')
+    """
+
+    if committed:
+        state = "the new checkpoint is in place, but may not survive a power loss"
+    else:
+        state = "not saved; the checkpoint there, if any, is untouched"
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"{reason} ({state})", os.fspath(target))
 
 
 class AtomicFile:
@@ -293,12 +511,7 @@ class AtomicFile:
         r"""The error of a failed save: same errno (so same :class:`OSError` subclass),
         naming the target and saying what it holds now."""
 
-        if self.committed:
-            state = "the new file is in place, but may not survive a power loss"
-        else:
-            state = "not saved; the file there, if any, is untouched"
-        reason = error.strerror or str(error)
-        return OSError(error.errno, f"{reason} ({state})", os.fspath(self.target))
+        return save_error(error, self.target, committed=self.committed)
 
     def discard(self) -> None:
         r"""Closes and removes the temporary, whatever happened; never raises, so that

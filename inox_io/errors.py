@@ -2,14 +2,16 @@ r"""The one exception family for every unreadable, damaged or mismatched checkpo
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CHECKSUM_MISMATCH", "damage_error"]
+__all__ = ["CheckpointError", "CHECKSUM_MISMATCH", "MISSING_CHECKSUM", "damage_error", "unchecked_error"]
 
 import os
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 #: The problem of an array whose bytes do not have the manifest's checksum.
 CHECKSUM_MISMATCH = "checksum mismatch (corrupted data)"
+#: The problem of an array without checksum, where the manifest does not say why.
+MISSING_CHECKSUM = "no checksum (crc32 null), and the manifest does not say why (crafted?)"
 
 
 class CheckpointError(Exception):
@@ -52,3 +54,20 @@ def damage_error(path: str | os.PathLike, problems: Mapping[str, str], heading: 
     if heading is None:
         return CheckpointError(path, "; ".join(entries))
     return CheckpointError(path, "\n  ".join([heading, *entries]))
+
+
+def unchecked_error(path: str | os.PathLike, keys: Sequence[str]) -> CheckpointError:
+    r"""The error of a verifying read of arrays without checksums, where the manifest
+    does not say that none could be computed (see ``docs/reliability.md``).
+
+    Example:
+        >>> print(unchecked_error('m.safetensors', ['.a', '.b']))
+        m.safetensors: 2 arrays without checksum (crc32 null), .a the first, and the manifest does not say why (crafted?); pass verify=False to read them unchecked
+    """
+
+    count = f"{len(keys)} arrays" if len(keys) != 1 else "1 array"
+    return CheckpointError(
+        path,
+        f"{count} without checksum (crc32 null), {keys[0]} the first, and the manifest does not say why "
+        "(crafted?); pass verify=False to read them unchecked",
+    )

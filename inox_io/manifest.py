@@ -44,7 +44,7 @@ import re
 import reprlib
 import warnings
 
-from typing import Any, Dict, Hashable, List, Mapping, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Tuple
 
 import inox
 
@@ -52,7 +52,7 @@ from inox.nn.share import ties as tree_ties
 from inox.tree import Static, is_array, mask, partition, skeleton
 
 from .dtypes import DTYPES, dtype_name, is_key_dtype
-from .errors import CheckpointError
+from .errors import MISSING_CHECKSUM, CheckpointError
 from .keypath import descendants
 from .version import __version__
 
@@ -130,6 +130,11 @@ class Manifest:
     libraries: Dict[str, str] = dataclasses.field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
+    #: Why the arrays have no checksums, where that is by design: a directory saved by
+    #: several processes (none holds every array whole), a file written by another tool.
+    #: None otherwise: then an array without checksum (crc32 null) is refused when read
+    #: with verification (:meth:`missing_checksums`), for a null may be crafted.
+    no_checksums: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -165,7 +170,29 @@ class Manifest:
 
         return sum(self.arrays[key].nbytes for position, key in self.positions().items() if position != key)
 
+    def missing_checksums(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
+        r"""The problem of each of :py:`keys` (all by default) whose checksum is missing
+        though the manifest does not say that none could be computed: what a reader
+        verifying arrays reports, instead of trusting data nothing can check.
+
+        Example:
+            >>> m = Manifest({'.w': ArrayInfo('float32', (2,), 8)})
+            >>> m.missing_checksums()
+            {'.w': 'no checksum (crc32 null), and the manifest does not say why (crafted?)'}
+            >>> Manifest(m.arrays, no_checksums='saved by 2 processes').missing_checksums()
+            {}
+        """
+
+        if self.no_checksums is not None:
+            return {}
+        return {
+            key: MISSING_CHECKSUM
+            for key in (self.arrays if keys is None else keys)
+            if self.arrays[key].crc32 is None
+        }
+
     def to_json(self) -> str:
+        extra = {} if self.no_checksums is None else {"no_checksums": self.no_checksums}
         return json.dumps(
             {
                 "format": self.format,
@@ -179,13 +206,20 @@ class Manifest:
                 "aliases": self.aliases,
                 "statics": self.statics,
                 "metadata": self.metadata,
+                **extra,
             },
             separators=(",", ":"),
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, source: str) -> Manifest:
+    def from_json(cls, text: str | bytes, *, source: str, no_checksums_by_design: bool = False) -> Manifest:
         r"""Parses and validates a manifest.
+
+        Arguments:
+            no_checksums_by_design: Whether the layout read can lack checksums by design
+                (a directory saved by several processes), so that the manifest's
+                ``no_checksums`` is believed. Elsewhere it is ignored: every writer of
+                the other layouts computes checksums, so such a claim is crafted.
 
         Raises:
             CheckpointError: naming :py:`source`, on anything malformed.
@@ -237,7 +271,13 @@ class Manifest:
         libraries = _expect(data, "libraries", dict, fail)
         statics = _expect(data, "statics", dict, fail)
 
+        reason = data.get("no_checksums")
+        if reason is not None and (type(reason) is not str or not reason):
+            fail(f"no_checksums {reprlib.repr(reason)}: a reason (a non-empty string) expected")
+
         manifest = cls(arrays, ties, aliases, statics, metadata, libraries)
+        if no_checksums_by_design:
+            manifest.no_checksums = reason
         count, limit = manifest.position_count(), MIN_POSITIONS + POSITIONS_PER_BYTE * len(text)
         if count > limit:
             fail(f"its ties imply {count} positions, more than the {limit} allowed for its size")

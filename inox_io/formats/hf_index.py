@@ -13,7 +13,11 @@ names share, ``dropped_name -> kept_name`` as :func:`safetensors.torch.save_mode
 
 Writing is atomic: the shards are written first, under names the current checkpoint
 does not use, then the index replaces the old one in one rename, then the shards of the
-old index are removed. A crash leaves the old checkpoint or the new one.
+old index are removed. A crash leaves the old checkpoint or the new one. A save removes
+only files it can prove are its own (:func:`own_shards`): names of the old index that
+follow this module's shard naming, beside the index; and, when no other save runs in
+the folder (:func:`inox_io.atomic.save_guard`), what killed saves of the same index left
+there (its temporaries, and shards of its naming that the index does not reference).
 
 Example:
     >>> import tempfile
@@ -29,22 +33,24 @@ from __future__ import annotations
 
 __all__ = ["INDEX_SUFFIX", "DEFAULT_MAX_SHARD_SIZE", "HFIndexFormat", "parse_size", "plan_shards"]
 
+import errno
 import json
 import numpy as np
+import os
 import re
 import secrets
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import jax
 
-from ..atomic import AtomicFile, fsync_directory, write_all
+from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, save_guard, write_all
 from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
 from .interface import Format, Reader, Target
 from .payload import write_payload_file
-from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, header_entry
+from .safetensors_file import FOREIGN, SAFETENSORS_DTYPES, SafetensorsReader, header_entry
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -127,19 +133,62 @@ def shard_file_names(index: Path, count: int, taken: Iterable[str]) -> List[str]
     return names
 
 
-def _read_index(path: Path) -> Dict[str, Any]:
+def shard_pattern(index: Path) -> re.Pattern:
+    r"""The names :func:`shard_file_names` gives the shards of :py:`index`, and no other.
+
+    Example:
+        >>> pattern = shard_pattern(Path('m.safetensors.index.json'))
+        >>> [bool(pattern.fullmatch(n)) for n in ('m-00001-of-00002.safetensors', 'm-0a1b2c3d-00002-of-00002.safetensors', 'other.safetensors', 'sub/m-00001-of-00002.safetensors')]
+        [True, True, False, False]
+    """
+
+    prefix = re.escape(index.name[: -len(INDEX_SUFFIX)])
+    return re.compile(prefix + r"-(?:[0-9a-f]{8}-)?[0-9]{5,}-of-[0-9]{5,}\.safetensors")
+
+
+def own_shards(index: Path, names: Iterable[str]) -> List[str]:
+    r"""Those of :py:`names` (shard names an index of :py:`index` recorded) that a save
+    of :py:`index` may remove: names of its own shard naming (so a plain file name,
+    never the index itself nor another checkpoint's file), in the index's folder.
+
+    Example:
+        >>> own_shards(Path('m.safetensors.index.json'), ['m-00001-of-00001.safetensors', 'sub/m-00001-of-00001.safetensors', 'm.safetensors.index.json', 'other.safetensors'])
+        ['m-00001-of-00001.safetensors']
+    """
+
+    pattern = shard_pattern(index)
+    return [name for name in names if pattern.fullmatch(name)]
+
+
+def leftovers(index: Path, referenced: Iterable[str]) -> List[str]:
+    r"""What interrupted saves of :py:`index` left in its folder: shards of its naming
+    that the index does not reference (the new shards of a save killed before its index
+    was committed, or the old ones of a save killed right after), and temporaries of
+    its shards and of the index. Only to be removed while no save runs in the folder
+    (:func:`inox_io.atomic.save_guard`): a running save's are just the same."""
+
+    pattern, referenced = shard_pattern(index), set(referenced)
+    out = []
+    for name in os.listdir(index.parent):
+        if name.startswith(TEMP_PREFIX):
+            # .inox_io-tmp-<name>.<pid>.<token>: a temporary of a shard or of the index
+            stem = name[len(TEMP_PREFIX) :].rsplit(".", 2)[0]
+            if pattern.fullmatch(stem) or stem == index.name:
+                out.append(name)
+        elif pattern.fullmatch(name) and name not in referenced:
+            out.append(name)
+    return out
+
+
+def _read_index(path: Path) -> Tuple[Dict[str, Any], os.stat_result]:
+    r"""The index, validated, and the status of the file read (its identity)."""
+
     def fail(message: str):
         raise CheckpointError(path, message)
 
+    data, status = read_regular(path, MAX_INDEX_BYTES)
     try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            fail(f"index of {size} bytes, more than the {MAX_INDEX_BYTES} allowed")
-        index = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        fail(f"cannot be read ({e})")
+        index = json.loads(data)
     except (ValueError, RecursionError) as e:
         fail(f"malformed index ({e})")
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
@@ -152,7 +201,24 @@ def _read_index(path: Path) -> Dict[str, Any]:
         parts = PurePosixPath(shard).parts if isinstance(shard, str) else ()
         if not parts or shard.startswith("/") or "\\" in shard or any(p in ("..", ".") for p in parts):
             raise CheckpointError(path, f"shard {shard!r}: a file name beside the index expected", key=key)
-    return index
+        try:
+            valid = "\0" not in shard and os.fsencode(shard) is not None
+        except UnicodeError:  # a lone surrogate, which no file name can hold
+            valid = False
+        if not valid:
+            raise CheckpointError(path, f"shard {shard!r}: not a valid file name", key=key)
+    return index, status
+
+
+def replaced(path: Path, status: os.stat_result) -> bool:
+    r"""Whether :py:`path` is no longer the file :py:`status` describes (an overwrite
+    committed meanwhile)."""
+
+    try:
+        now = os.stat(path)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino)
 
 
 class IndexReader(Reader):
@@ -160,10 +226,30 @@ class IndexReader(Reader):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        index = _read_index(self.path)
+        self.shards: Dict[str, SafetensorsReader] = {}
+        self.status: os.stat_result | None = None  #: the index file read
+        try:
+            self.open()
+        except CheckpointError:
+            self.close()
+            if self.status is None or not replaced(self.path, self.status):
+                raise
+            # An overwrite committed between reading the index and opening its shards
+            # (which it then removed): the new checkpoint is whole, read it instead.
+            self.shards = {}
+            try:
+                self.open()
+            except BaseException:
+                self.close()
+                raise
+
+    def open(self) -> None:
+        r"""Reads the index and opens every shard: loads then read the shards of this
+        index, even if an overwrite replaces (and removes) them meanwhile."""
+
+        index, self.status = _read_index(self.path)
         weight_map: Dict[str, str] = index["weight_map"]
 
-        self.shards: Dict[str, SafetensorsReader] = {}
         for shard in dict.fromkeys(weight_map.values()):
             try:
                 self.shards[shard] = SafetensorsReader(self.path.parent / shard)
@@ -179,7 +265,7 @@ class IndexReader(Reader):
             if stray:
                 raise CheckpointError(self.path, "in the weight map but not in the manifest", key=stray[0])
         else:
-            self.manifest = Manifest({})
+            self.manifest = Manifest({}, no_checksums=FOREIGN)
 
         self.owner: Dict[str, SafetensorsReader] = {}
         for key, shard in weight_map.items():
@@ -205,7 +291,8 @@ class IndexReader(Reader):
             self.metadata.update({k: v for k, v in reader.metadata.items() if k != FORMAT})
             # Each shard reads its arrays as the index describes them (true dtypes,
             # checksums): its own reader, memory map and batched reads do the work.
-            reader.manifest = Manifest({k: self.manifest.arrays[k] for k, r in self.owner.items() if r is reader})
+            arrays = {k: self.manifest.arrays[k] for k, r in self.owner.items() if r is reader}
+            reader.manifest = Manifest(arrays, no_checksums=self.manifest.no_checksums)
 
     def host(self, key: str) -> np.ndarray:
         return self.owner[key].host(key)
@@ -265,13 +352,48 @@ class HFIndexFormat(Format):
         path, extra = Path(path), extra or {}
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+        def clean() -> None:
+            # No other save runs in the folder: what is not the index's is a leftover.
+            try:
+                referenced = _read_index(path)[0]["weight_map"].values()
+            except FileNotFoundError:
+                referenced = []
+            except CheckpointError:
+                return  # a damaged index: which shards it meant is unknown, keep them all
+            for name in leftovers(path, referenced):
+                try:
+                    (path.parent / name).unlink()
+                except OSError:
+                    pass  # a directory of that name, say: not ours to remove
+
+        with save_guard(path.parent, clean):
+            self.write_locked(path, manifest, arrays, overwrite, extra, max_shard_size)
+
+    def write_locked(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        overwrite: bool,
+        extra: Mapping[str, str],
+        max_shard_size: int,
+    ) -> None:
         try:
-            old = set(_read_index(path)["weight_map"].values())
+            old = set(own_shards(path, _read_index(path)[0]["weight_map"].values()))
         except (FileNotFoundError, CheckpointError):
             old = set()  # no index, or a damaged one: no shards known to keep safe
 
         plan = plan_shards(manifest, max_shard_size)
         names = shard_file_names(path, len(plan), old)
+        too_long = [name for name in names if len(os.fsencode(name)) > NAME_MAX]
+        if too_long:
+            raise OSError(
+                errno.ENAMETOOLONG,
+                f"shard name {too_long[0]!r} of {len(os.fsencode(too_long[0]))} bytes, more than the {NAME_MAX} "
+                f"a file name may have; choose a shorter index name (not saved; the checkpoint there, if any, is untouched)",
+                os.fspath(path),
+            )
         written: List[Path] = []
         try:
             weight_map = {}
@@ -288,6 +410,7 @@ class HFIndexFormat(Format):
                 write_payload_file(written[-1], shard, lambda m: header, str, [(b"", k) for k in order], arrays, overwrite=True)
                 weight_map.update({key: name for key in keys})
 
+            manifest.no_checksums = None  # the shards' checksums, filled in as they were written
             index = {
                 "metadata": {"total_size": manifest.nbytes, FORMAT: manifest.to_json()},
                 "weight_map": dict(sorted(weight_map.items())),
@@ -299,6 +422,7 @@ class HFIndexFormat(Format):
                 shard_path.unlink(missing_ok=True)
             raise
 
+        # Only the old index's own shards (own_shards): never a file it merely named.
         for name in old - set(names):
             (path.parent / name).unlink(missing_ok=True)
         fsync_directory(path.parent)

@@ -35,7 +35,7 @@ from __future__ import annotations
 __all__ = ["OrbaxDirectoryFormat", "OrbaxReader", "orbax_name"]
 
 import concurrent.futures
-import ctypes
+import contextlib
 import errno
 import jax
 import math
@@ -45,13 +45,14 @@ import secrets
 import shutil
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 from .. import distributed
-from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, temporary_path, write_all
-from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
+from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, open_regular, read_regular, save_error, temporary_path, write_all
+from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
 from .checksums import Checksums, crc32
+from .directory_commit import commit, guarded
 from .interface import Format, Reader, Target
 from .transfer import host_bytes, place
 
@@ -180,8 +181,6 @@ class OrbaxDirectoryFormat(Format):
         extra: Mapping[str, str] | None = None,
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
-        import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
-
         path = Path(path).absolute()
         check_target(path, overwrite)  # on every process, before any collective: all fail alike
         # A checksum needs the whole array: only a save in one process holds them all.
@@ -190,6 +189,19 @@ class OrbaxDirectoryFormat(Format):
         single = jax.process_count() == 1
         for info in manifest.arrays.values():
             info.crc32 = None
+        # Said in the manifest, so that readers tell this null from a crafted one.
+        manifest.no_checksums = None if single else f"saved by {jax.process_count()} processes, none holding every array whole"
+
+        with contextlib.ExitStack() as held:
+            self.write_guarded(path, manifest, arrays, overwrite, single, held)
+
+    def write_guarded(
+        self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], overwrite: bool, single: bool, held: contextlib.ExitStack
+    ) -> None:
+        r"""The save, process 0 holding the folder's save lock (:func:`guarded`, in
+        :py:`held`) from before its temporary exists until it is committed or removed."""
+
+        import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
 
         primary = distributed.is_primary()
         temp = shared_temporary_path(path)
@@ -197,6 +209,7 @@ class OrbaxDirectoryFormat(Format):
         items: Dict[str, Any] = {}
         try:
             if primary:
+                held.enter_context(guarded(path))
                 temp.mkdir()
             # Orbax refuses empty arrays; the manifest alone describes them.
             items = {
@@ -209,7 +222,7 @@ class OrbaxDirectoryFormat(Format):
         # Also the barrier: nobody writes before the directory exists, and no process
         # enters orbax's collective save that another would not reach.
         try:
-            distributed.agree(path, error)
+            distributed.agree(path, storage_failure(error, path))
         except BaseException:
             if primary and temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
@@ -223,7 +236,7 @@ class OrbaxDirectoryFormat(Format):
                     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=runtime_barriers())
                     try:
                         # Collective: each process writes its own shards; orbax waits for all.
-                        checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items))
+                        shielded(lambda: checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items)))
                     finally:
                         checkpointer.close()
                 if crcs is not None:
@@ -233,7 +246,7 @@ class OrbaxDirectoryFormat(Format):
             error = e
         try:
             # Every process's shards are written (or none commits) before the manifest.
-            distributed.agree(path, error)
+            distributed.agree(path, storage_failure(error, path))
             if primary:
                 with AtomicFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest.to_json().encode())
@@ -245,10 +258,29 @@ class OrbaxDirectoryFormat(Format):
         finally:
             if primary and temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
-        distributed.agree(path, error)
+        distributed.agree(path, storage_failure(error, path))
 
     def open(self, path: Path) -> OrbaxReader:
         return OrbaxReader(path)
+
+
+def shielded(write: Callable[[], Any]) -> None:
+    r"""Runs :py:`write` (orbax's save) to its end, even through Ctrl-C: orbax's writer
+    threads would go on writing into the temporary after the interrupt reached this
+    thread, and refill it after it is removed. A KeyboardInterrupt meanwhile is raised
+    once the write ended, so that the save's own temporary can be removed."""
+
+    interrupted: KeyboardInterrupt | None = None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-orbax") as pool:
+        future = pool.submit(write)
+        while not future.done():
+            try:
+                concurrent.futures.wait([future])
+            except KeyboardInterrupt as e:
+                interrupted = e
+    if interrupted is not None:
+        raise interrupted
+    future.result()
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -290,40 +322,48 @@ def runtime_barriers() -> Any:
     )
 
 
-def commit(temp: Path, path: Path, overwrite: bool) -> None:
-    r"""Moves the finished directory :py:`temp` to :py:`path`.
+#: Tensorstore's status codes that report a storage failure, and the errno they stand
+#: for where the message does not name one.
+STORAGE_STATUSES = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "DATA_LOSS": errno.EIO, "PERMISSION_DENIED": errno.EACCES}
 
-    Replacing a checkpoint swaps both directories atomically where the system can
-    (``renameat2(RENAME_EXCHANGE)``); elsewhere, the old one is moved aside first, so
-    that for a moment neither sits at :py:`path` (both survive under temporary names).
+
+def storage_failure(error: BaseException | None, path: Path) -> BaseException | None:
+    r"""A failed save's error as the file layouts report it: a failing disk as an
+    :class:`OSError` with its errno (orbax reports tensorstore's as a ``ValueError``
+    naming the temporary), the user's path, and that the old checkpoint is untouched.
+    Other errors are returned as they are.
+
+    Example:
+        >>> storage_failure(ValueError('RESOURCE_EXHAUSTED: Error writing "d/x": [OS error: No space left on device]'), Path('ckpt'))
+        OSError(28, 'No space left on device (not saved; the checkpoint there, if any, is untouched)')
     """
 
-    if overwrite and os.path.lexists(path) and exchange(temp, path):
-        shutil.rmtree(temp, ignore_errors=True)  # temp now holds the old checkpoint
-    elif overwrite and os.path.lexists(path):
-        old = temporary_path(path)
-        os.rename(path, old)
-        os.rename(temp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            # Fails on a non-empty directory: a checkpoint appearing meanwhile is not lost.
-            os.rename(temp, path)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-            raise
-    fsync_directory(path.parent)
+    if error is None or isinstance(error, (FileExistsError, CheckpointError)):
+        return error
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno is not None:
+            return save_error(e, path)
+    if not isinstance(error, Exception):
+        return error  # KeyboardInterrupt, SystemExit: as they are
+    text = " ".join(str(e) for e in chain)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES):
+        if os.strerror(code) in text:
+            return save_error(OSError(code, os.strerror(code)), path)
+    for status, code in STORAGE_STATUSES.items():
+        if text.startswith(status) or f" {status}:" in text:
+            return save_error(OSError(code, f"{os.strerror(code)}: {reason(error)}"), path)
+    return error
 
 
-def exchange(a: Path, b: Path) -> bool:
-    r"""Swaps two paths atomically; returns whether the system could."""
+def describe(manifest: Manifest) -> Any:
+    r"""What a read asked of a checkpoint depends on: its arrays' descriptions and its
+    ties (not their checksums, statics or metadata)."""
 
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    arrays = [(key, i.dtype, i.shape, i.nbytes, i.key_impl) for key, i in manifest.arrays.items()]
+    return arrays, manifest.ties, manifest.aliases
 
 
 def reason(e: BaseException) -> str:
@@ -336,21 +376,95 @@ def reason(e: BaseException) -> str:
 
 
 class OrbaxReader(Reader):
-    r"""An open checkpoint directory; orbax is consulted only when arrays are read."""
+    r"""An open checkpoint directory; orbax is consulted only when arrays are read.
+
+    A checkpoint replaced while it is read (an overwrite swapping directories) is
+    noticed: the directory at the path is no longer the one opened. The read is then
+    made again, once, from the new checkpoint, so that a reader gets the old one or the
+    new one, never a false damage report (old manifest, new arrays).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)")
-        file = self.path / MANIFEST
-        if not file.is_file():
-            raise CheckpointError(
-                self.path, f"no {MANIFEST}: not an inox_io checkpoint, or an unfinished save"
-            )
-        if file.stat().st_size > MAX_MANIFEST_BYTES:
-            raise CheckpointError(self.path, f"{MANIFEST} exceeds the {MAX_MANIFEST_BYTES} bytes allowed")
-        self.manifest = Manifest.from_json(file.read_bytes(), source=str(self.path))
+        self.open()
+
+    def open(self) -> None:
+        r"""Reads the manifest of the directory at the path, and which directory it is."""
+
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise
+        except NotADirectoryError:
+            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)") from None
+        except OSError as e:
+            raise CheckpointError(self.path, f"cannot be opened ({e})") from None
+        try:
+            self.status = os.fstat(fd)
+            try:
+                text, _ = read_regular(MANIFEST, MAX_MANIFEST_BYTES, dir_fd=fd)
+            except FileNotFoundError:
+                raise CheckpointError(
+                    self.path, f"no {MANIFEST}: not an inox_io checkpoint, or an unfinished save"
+                ) from None
+            except CheckpointError as e:
+                raise CheckpointError(self.path, f"{MANIFEST}: {e.message}") from None
+        finally:
+            os.close(fd)
+        self.manifest = Manifest.from_json(text, source=str(self.path), no_checksums_by_design=True)
         self._stored: Dict[str, Any] | None = None
+        self._files_checked = False
+
+    def replaced(self) -> bool:
+        r"""Whether the directory at the path is no longer the one opened."""
+
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != (self.status.st_dev, self.status.st_ino)
+
+    def consistently(self, read: Callable[[], Any]) -> Any:
+        r"""Runs :py:`read`; if the checkpoint was replaced meanwhile (whatever came of
+        the read: mixed arrays may even pass), opens the new one and runs it again, once.
+
+        Raises:
+            CheckpointError: if the new checkpoint describes other arrays or ties than
+                the one opened (what was asked of it may not fit): read it again.
+        """
+
+        try:
+            out = read()
+        except CheckpointError:
+            if not self.replaced():
+                raise
+        else:
+            if not self.replaced():
+                return out
+        before = self.manifest
+        self.open()
+        if describe(self.manifest) != describe(before):
+            raise CheckpointError(
+                self.path, "replaced by a checkpoint of other arrays or ties while it was read; read it again"
+            )
+        return read()
+
+    def check_files(self) -> None:
+        r"""Refuses an ``arrays/`` holding anything but directories and regular files (a
+        FIFO would block orbax forever), before orbax opens any of it."""
+
+        if self._files_checked:
+            return
+        for folder, _, files in os.walk(self.arrays, onerror=None):
+            for name in files:
+                try:
+                    os.close(open_regular(os.path.join(folder, name)))
+                except FileNotFoundError:
+                    continue  # a dangling link: orbax says what is missing
+                except CheckpointError as e:
+                    raise CheckpointError(self.path, f"{os.path.relpath(e.path, self.path)}: {e.message}") from None
+        self._files_checked = True
 
     @property
     def arrays(self) -> Path:
@@ -362,6 +476,7 @@ class OrbaxReader(Reader):
         if self._stored is None:
             import orbax.checkpoint as ocp
 
+            self.check_files()
             try:
                 self._stored = dict(ocp.PyTreeCheckpointHandler().metadata(self.arrays).tree)
             except Exception as e:
@@ -388,6 +503,7 @@ class OrbaxReader(Reader):
 
         import orbax.checkpoint as ocp
 
+        self.check_files()
         names = {orbax_name(k): k for k in items}
         try:
             restored = ocp.PyTreeCheckpointer().restore(
@@ -403,8 +519,14 @@ class OrbaxReader(Reader):
         return {names[name]: x for name, x in restored.items()}
 
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
+        return self.consistently(lambda: self.load_once(targets, verify))
+
+    def load_once(self, targets: Mapping[str, Target], verify: bool) -> Dict[str, Any]:
         import orbax.checkpoint as ocp
 
+        missing = self.manifest.missing_checksums(targets) if verify else {}
+        if missing:
+            raise unchecked_error(self.path, list(missing))  # before anything is read
         items, args, after, out = {}, {}, {}, {}
         for key, target in targets.items():
             info = self.manifest.arrays[key]
@@ -492,8 +614,14 @@ class OrbaxReader(Reader):
         undecodable data; without a checksum (a save across processes), a changed byte
         may pass."""
 
-        problems = {}
-        for key in self.manifest.arrays if keys is None else keys:
+        keys = list(self.manifest.arrays if keys is None else keys)
+        return self.consistently(lambda: self.verify_once(keys))
+
+    def verify_once(self, keys: List[str]) -> Dict[str, str]:
+        problems = self.manifest.missing_checksums(keys)
+        for key in keys:
+            if key in problems:
+                continue
             try:
                 if self.mismatches({key: self.stored_host(key)}):
                     problems[key] = CHECKSUM_MISMATCH

@@ -10,7 +10,7 @@ background.
 
 from __future__ import annotations
 
-__all__ = ["FileReader", "write_payload_file"]
+__all__ = ["FileReader", "aligned_empty", "preadv_all", "write_payload_file"]
 
 import abc
 import concurrent.futures
@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from ..atomic import MAX_BUFFERS, AtomicFile, advance, pwrite_all, syscalls, write_all, writev_all
-from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
+from ..atomic import MAX_BUFFERS, AtomicFile, advance, open_regular, pwrite_all, syscalls, write_all, writev_all
+from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import Manifest
 from .checksums import Checksums, Piece, crc32
 from .interface import Reader, Target
@@ -159,6 +159,7 @@ def write_payload_file(
         payloads: ``(prefix, key)`` pairs in file order.
     """
 
+    manifest.no_checksums = None  # every array gets one here
     for key in manifest.arrays:
         manifest.arrays[key].crc32 = PLACEHOLDER_CRC
     placeholder = header(manifest)
@@ -203,7 +204,7 @@ def write_payload_file(
         pwrite_all(f.fd, final, 0)
 
 
-def _aligned_empty(nbytes: int) -> np.ndarray:
+def aligned_empty(nbytes: int) -> np.ndarray:
     r"""A fresh byte buffer starting at an :data:`ALIGNMENT` boundary."""
 
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
@@ -211,7 +212,7 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
-def _preadv_all(fd: int, views: List[memoryview], offset: int) -> int:
+def preadv_all(fd: int, views: List[memoryview], offset: int) -> int:
     r"""Fills buffers from consecutive bytes of a file, looping over short reads;
     returns the bytes read (fewer only at the end of the file)."""
 
@@ -238,14 +239,13 @@ class FileReader(Reader):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # Kept open: loads read this very file even if the path is replaced meanwhile.
+        self.file = os.fdopen(open_regular(self.path), "rb", buffering=0)
         try:
-            # Kept open: loads read this very file even if the path is replaced meanwhile.
-            self.file = open(self.path, "rb", buffering=0)
             size = os.fstat(self.file.fileno()).st_size
             self.buffer = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        except FileNotFoundError:
-            raise
         except OSError as e:
+            self.file.close()
             raise CheckpointError(self.path, f"cannot be read ({e})") from None
         #: The bytes a format stores right before an array (msgpack: its key), checked
         #: whenever the array is read.
@@ -307,8 +307,9 @@ class FileReader(Reader):
         return f"{crc32(memoryview(self.buffer)[begin:end]):08x}"
 
     def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
-        problems = {}
-        for key in self.manifest.arrays if keys is None else keys:
+        keys = list(self.manifest.arrays if keys is None else keys)
+        problems = self.manifest.missing_checksums(keys)
+        for key in keys:
             expected = self.manifest.arrays[key].crc32
             if expected is not None and self.checksum(key) != expected:
                 problems[key] = CHECKSUM_MISMATCH
@@ -362,7 +363,7 @@ class FileReader(Reader):
             if prefix:
                 prefixes.append((key, memoryview(bytearray(prefix))))
                 run.add(prefixes[-1][1])
-            buffer = _aligned_empty(end - begin)
+            buffer = aligned_empty(end - begin)
             hosts[key] = buffer.view(info.storage_dtype).reshape(info.storage_shape)
             for view in _chunked(memoryview(buffer), READ_CHUNK_BYTES):
                 run.add(view, key)
@@ -377,7 +378,7 @@ class FileReader(Reader):
         r"""Fills buffers from the file's bytes at :py:`offset`; returns the bytes read."""
 
         if hasattr(os, "preadv"):
-            return _preadv_all(self.file.fileno(), views, offset)
+            return preadv_all(self.file.fileno(), views, offset)
         source, total = memoryview(self.buffer), 0  # without preadv: from the memory map
         for view in views:
             n = len(source[offset + total : offset + total + len(view)])
@@ -387,6 +388,9 @@ class FileReader(Reader):
 
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         infos = self.manifest.arrays
+        missing = self.manifest.missing_checksums(targets) if verify else {}
+        if missing:
+            raise unchecked_error(self.path, list(missing))  # before anything is read
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
         out: Dict[str, Any] = {}

@@ -10,7 +10,7 @@ tools) are read with a manifest synthesized from their header.
 
 from __future__ import annotations
 
-__all__ = ["SafetensorsFormat"]
+__all__ = ["SafetensorsFormat", "FOREIGN"]
 
 import json
 import math
@@ -33,6 +33,9 @@ SAFETENSORS_DTYPES = {
 FROM_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 MAX_HEADER_BYTES = MAX_MANIFEST_BYTES + 64 * 2**20
+
+#: Why a file without inox_io manifest has no checksums.
+FOREIGN = "written by another tool: no inox_io manifest"
 
 
 def header_entry(info: ArrayInfo) -> Tuple[str, list]:
@@ -169,4 +172,4 @@ class SafetensorsReader(FileReader):
                 self.fail(problem, key=key)
             info.nbytes = math.prod(info.shape) * info.storage_dtype.itemsize
             arrays[key] = info
-        return Manifest(arrays)
+        return Manifest(arrays, no_checksums=FOREIGN)

@@ -264,21 +264,30 @@ def test_names_path_verifies_too(tmp_path):
         inox_io.load(tmp_path / "ckpt", CHECKSUMMED, transforms={"['f32']": lambda x: x})
 
 
-def test_checkpoints_without_checksums_still_load(tmp_path):
+@pytest.mark.parametrize("reason", [None, "saved by 2 processes, none holding every array whole"])
+def test_checkpoints_without_checksums(tmp_path, reason):
     import json
 
     inox_io.save(tmp_path / "ckpt", CHECKSUMMED)
     file = tmp_path / "ckpt" / "manifest.json"
     manifest = json.loads(file.read_text())
     for entry in manifest["arrays"].values():
-        entry["crc32"] = None  # as written before checksums (and by saves across processes)
+        entry["crc32"] = None  # as written before checksums, or crafted
+    if reason is not None:
+        manifest["no_checksums"] = reason  # as saves across processes write
     file.write_text(json.dumps(manifest))
     corrupt(tmp_path / "ckpt", "['f32']")
 
     assert all(info.crc32 is None for info in inox_io.inspect(tmp_path / "ckpt").arrays.values())
-    restored = inox_io.load(tmp_path / "ckpt", CHECKSUMMED)  # nothing to check against
+    if reason is None:  # a null nothing explains is refused: it may be crafted
+        with pytest.raises(inox_io.CheckpointError, match="without checksum"):
+            inox_io.load(tmp_path / "ckpt", CHECKSUMMED)
+        with pytest.raises(inox_io.CheckpointError, match="no checksum"):
+            inox_io.verify(tmp_path / "ckpt")
+    restored = inox_io.load(tmp_path / "ckpt", CHECKSUMMED, verify=reason is not None)  # nothing to check against
     assert not np.array_equal(restored["f32"], CHECKSUMMED["f32"])
-    assert inox_io.verify(tmp_path / "ckpt")
+    if reason is not None:
+        assert inox_io.verify(tmp_path / "ckpt").no_checksums == reason
 
 
 def test_sharded_load_verifies(tmp_path):
