@@ -4,12 +4,14 @@ r"""The ``inox-io`` command: inspect, verify and convert checkpoints.
 
     inox-io inspect PATH [--json]         what a checkpoint holds, ties included
     inox-io verify PATH                   checks every array against its checksum
+        [--allow-unchecked]               ... exit 0 even if there were none to check
     inox-io convert SRC DST [--overwrite] rewrites a checkpoint in another format
         [--names torch [--keep NAME]]     ... under PyTorch state-dict names
 
 A thin layer over :func:`inox_io.inspect`, :func:`inox_io.verify` and
 :func:`inox_io.convert`. Exit status: 0 on success, 1 for a damaged, unreadable or
-mismatched checkpoint (or a destination that exists), 2 for a missing file, an unknown
+mismatched checkpoint (or a destination that exists, or, for ``verify``, a checkpoint
+without any checksum, unless ``--allow-unchecked``), 2 for a missing file, an unknown
 format or a usage error. Long operations draw a progress bar on standard error, when it
 is a terminal.
 
@@ -292,12 +294,15 @@ def run_verify(args: argparse.Namespace) -> int:
             bar.close()
     unchecked = sum(info.crc32 is None for info in manifest.arrays.values())
     summary = f"OK: {plural(len(manifest.arrays), 'array')}, {human_size(manifest.nbytes)}, "
+    why = f" ({manifest.no_checksums})" if manifest.no_checksums else ""
     if not unchecked:
         summary += "every checksum matches"
     elif unchecked == len(manifest.arrays):
-        summary += "no checksums: nothing verified"  # e.g. a file written by another tool
+        # e.g. a file written by another tool: a success would say nothing
+        print(f"{args.path}: no checksums{why}: nothing verified", file=sys.stderr)
+        return OK if args.allow_unchecked else PROBLEM
     else:
-        summary += f"{plural(unchecked, 'array')} without checksum (not verified), the others match"
+        summary += f"{plural(unchecked, 'array')} without checksum{why} (not verified), the others match"
     print(summary)
     return OK
 
@@ -338,6 +343,10 @@ def parser() -> argparse.ArgumentParser:
 
     cmd = commands.add_parser("verify", help="check every array against its checksum")
     cmd.add_argument("path", type=Path, metavar="PATH")
+    cmd.add_argument(
+        "--allow-unchecked", action="store_true",
+        help="exit 0 when the checkpoint has no checksums at all (e.g. written by another tool): nothing to verify is expected",
+    )  # fmt: skip
     cmd.set_defaults(run=run_verify, paths=["path"])
 
     cmd = commands.add_parser("convert", help="rewrite a checkpoint in another format, ties kept")

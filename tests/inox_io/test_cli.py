@@ -100,8 +100,9 @@ def test_inspect_foreign_safetensors(tmp_path, capsys):
     assert re.search(r"  encoder\.layer\.0\.weight\s+float32\[2, 3\]\s+24 B\n", out)
     assert "(1 array without checksum)" in out
 
-    assert main(["verify", str(path)]) == 0
-    assert capsys.readouterr().out == "OK: 1 array, 24 B, no checksums: nothing verified\n"
+    assert main(["verify", str(path)]) == 1  # nothing verified is no success
+    assert capsys.readouterr().err == f"{path}: no checksums (written by another tool: no inox_io manifest): nothing verified\n"
+    assert main(["verify", "--allow-unchecked", str(path)]) == 0
 
 
 def test_verify(seed, tmp_path, capsys):
