@@ -18,7 +18,7 @@ from inox.tree import mask, unmask
 
 from .errors import damage_error
 from .fit import Shardings, fit
-from .formats import Reader, format_for, open_checkpoint, write_options
+from .formats import Reader, format_for, format_named, open_checkpoint, write_options
 from .manifest import Manifest, build
 from .names import Keep, Names, Transforms, name_arrays
 
@@ -69,14 +69,15 @@ def save(
     keep: Keep | None = None,
     transforms: Transforms | None = None,
     max_shard_size: int | str | None = None,
+    format: str | None = None,
 ) -> Manifest:
     r"""Saves a tree, each shared array once, with its manifest.
 
     The format follows the path: ``*.safetensors``, ``*.msgpack``, or a directory (a
-    path without suffix: the arrays as an orbax checkpoint, each process writing its own
-    shards; see ``docs/format.md``). The checkpoint is written atomically: a crash
-    leaves the previous one or the new one, never a partial one. The caller's tree is
-    not modified.
+    path without suffix: a sharded directory, each process writing its own shards, or
+    with :py:`format="orbax"` an orbax checkpoint; see ``docs/format.md``). The
+    checkpoint is written atomically: a crash leaves the previous one or the new one,
+    never a partial one. The caller's tree is not modified.
 
     Arguments:
         path: The checkpoint's path.
@@ -92,6 +93,9 @@ def save(
             :py:`to_file` maps an array on its way to the file (:data:`inox_io.TRANSPOSE`).
         max_shard_size: For ``*.safetensors.index.json`` (sharded) checkpoints, the
             largest shard, in bytes or as ``"5GB"``.
+        format: The format by name (``"sharded"``, ``"orbax"``, ...), for a path that
+            several formats take (directories); by default, the path's (an existing
+            directory keeps its layout).
 
     Returns:
         The manifest written.
@@ -99,6 +103,7 @@ def save(
     Raises:
         FileExistsError: if the path exists and :py:`overwrite` is false.
         TypeError: for tags, dtypes or metadata that cannot be saved.
+        ValueError: for a :py:`format` that does not take such paths.
 
     Example:
         >>> import tempfile
@@ -110,6 +115,12 @@ def save(
 
     path = Path(path)
     fmt = format_for(path)
+    if format is not None:
+        chosen = format_named(format)
+        # Among the formats of such paths only, so that the path reads back as written.
+        if chosen.suffix != fmt.suffix:
+            raise ValueError(f"{path}: format {format!r} writes {chosen.description}, not such paths")
+        fmt = chosen
     options = write_options(fmt, path, max_shard_size=max_shard_size)
     with _paused_gc():
         manifest, arrays = build(tree, metadata)

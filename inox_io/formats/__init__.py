@@ -21,9 +21,11 @@ from .interface import Format, Reader, Target
 from .msgpack_file import MsgpackFormat
 from .orbax_dir import OrbaxDirectoryFormat
 from .safetensors_file import SafetensorsFormat
+from .sharded_dir import ShardedDirectoryFormat
 
-# The directory format comes last: a '.safetensors' or '.msgpack' suffix always wins.
-FORMATS: List[Format] = [SafetensorsFormat(), HFIndexFormat(), MsgpackFormat(), OrbaxDirectoryFormat()]
+# The directory formats come last: a '.safetensors' or '.msgpack' suffix always wins.
+# The sharded layout takes new directories and its own; orbax, those its manifest names.
+FORMATS: List[Format] = [SafetensorsFormat(), HFIndexFormat(), MsgpackFormat(), ShardedDirectoryFormat(), OrbaxDirectoryFormat()]
 
 
 def register(fmt: Format) -> None:

@@ -21,7 +21,7 @@ Example:
     >>> import os, tempfile
     >>> import orbax.checkpoint as ocp
     >>> path = tempfile.mkdtemp() + '/ckpt'
-    >>> _ = inox_io.save(path, {'w': jnp.arange(3.0)})
+    >>> _ = inox_io.save(path, {'w': jnp.arange(3.0)}, format='orbax')
     >>> sorted(os.listdir(path))
     ['arrays', 'manifest.json']
     >>> ocp.StandardCheckpointer().restore(path + '/arrays')

@@ -18,6 +18,14 @@ from inox_io.formats import format_for
 from inox_io.formats.orbax_dir import orbax_name
 
 
+@pytest.fixture(autouse=True)
+def orbax_directories(monkeypatch):
+    r"""This file tests the orbax layout: new directories get it here, not the
+    sharded layout that takes them by default (test_sharded_dir.py)."""
+
+    monkeypatch.setattr(inox_io.formats, "FORMATS", [f for f in inox_io.formats.FORMATS if f.name != "sharded"])
+
+
 def bits(x) -> np.ndarray:
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)

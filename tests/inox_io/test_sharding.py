@@ -19,7 +19,7 @@ from inox.tree import is_array
 from models import WeightSharingMLP, assert_tied
 
 FEATURES = 16
-FORMATS = ["model.safetensors", "model.msgpack", "model"]  # the last: an orbax directory
+FORMATS = ["model.safetensors", "model.msgpack", "model"]  # the last: a (sharded) directory
 
 
 def mesh8() -> Mesh:
@@ -167,7 +167,7 @@ def test_implicit_alias_on_devices(tmp_path, name):
 
 
 def test_plain_orbax_reads_the_arrays(tmp_path, model):
-    manifest = inox_io.save(tmp_path / "model", model)
+    manifest = inox_io.save(tmp_path / "model", model, format="orbax")
 
     arrays = ocp.StandardCheckpointer().restore(tmp_path / "model" / "arrays")
 

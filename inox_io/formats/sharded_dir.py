@@ -1,0 +1,795 @@
+r"""The sharded directory layout: each process writes the shards it owns into one raw
+data file, and process 0 writes the manifest, with where every shard lies, last.
+
+.. code-block:: text
+
+    <directory>/
+        manifest.json                     the v1 manifest, plus "layout", "chunk_bytes"
+                                          and "shards" (written last)
+        shards-00000-of-00002.bin         process 0's shards, back to back
+        shards-00001-of-00002.bin         process 1's shards
+
+Each distinct shard of an array is written once, by one of the processes holding a
+replica of it (the least loaded so far, so that replicated arrays spread over the
+processes), with the fast writer of the single files
+(:func:`inox_io.formats.payload.write_payload_file`). Each shard has a CRC-32 per
+:data:`CHUNK_BYTES` chunk, computed by the process that wrote it. Loads read, on each
+process, only the chunks that the shards of its own devices overlap, straight into the
+buffers that become the arrays where the layouts agree, and verify every chunk they
+read. The layout is specified in ``docs/format.md`` (section "Sharded directory
+format").
+
+Example:
+    >>> import os, tempfile
+    >>> path = tempfile.mkdtemp() + '/ckpt'
+    >>> _ = inox_io.save(path, {'w': jnp.arange(3.0)})
+    >>> sorted(os.listdir(path))
+    ['manifest.json', 'shards-00000-of-00001.bin']
+    >>> inox_io.formats.format_for(path).name, inox_io.inspect(path).arrays["['w']"].crc32
+    ('sharded', '30c8bc70')
+    >>> before = READS.value
+    >>> inox_io.load(path, {'w': jnp.zeros(3)})
+    {'w': Array([0., 1., 2.], dtype=float32)}
+    >>> READS.value - before  # bytes read from data files
+    12
+"""
+
+from __future__ import annotations
+
+__all__ = ["ShardedDirectoryFormat", "ShardedReader", "READS", "CHUNK_BYTES", "LAYOUT"]
+
+import collections.abc
+import contextlib
+import dataclasses
+import functools
+import jax
+import json
+import math
+import numpy as np
+import os
+import re
+import shutil
+import threading
+
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+from .. import distributed
+from ..atomic import MAX_BUFFERS, AtomicFile, fsync_directory, open_regular, read_regular, write_all
+from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
+from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
+from .checksums import Checksums
+from .interface import Format, Reader, Target
+from .directory_commit import commit, guarded
+from .orbax_dir import MANIFEST, check_target, shared_temporary_path
+from .payload import READ_CHUNK_BYTES, aligned_empty, preadv_all, write_payload_file
+from .transfer import host_bytes, place, place_all
+
+try:  # zlib's crc32_combine, which Python's zlib does not expose
+    from zlib_ng.zlib_ng import crc32_combine
+except ImportError:  # pragma: no cover
+    crc32_combine = None
+
+#: The value of the manifest's ``layout`` field in this layout (absent: orbax's).
+LAYOUT = "sharded"
+
+#: Bytes per checksum inside a shard: a load verifies whole chunks, so it reads at most
+#: one chunk more at each end of the bytes it needs from a shard.
+CHUNK_BYTES = 2**20
+
+#: The most shards one array may have in a manifest (checking that they tile the array
+#: compares them pairwise).
+MAX_SHARDS = 2**14
+
+FILE_NAME = re.compile(r"shards-(\d{5})-of-(\d{5})\.bin")
+HEX = re.compile(r"[0-9a-f]{8}")
+
+Box = Tuple[Tuple[int, int], ...]  #: [start, stop) along each axis
+
+
+def file_name(process: int, count: int) -> str:
+    return f"shards-{process:05d}-of-{count:05d}.bin"
+
+
+class ReadCounter:
+    r"""The bytes this process read from data files of this layout (loads, verify,
+    host), for benchmarks and tests: compare :py:`value` before and after."""
+
+    def __init__(self):
+        self.value = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.value += n
+
+
+READS = ReadCounter()
+
+
+# ---------------------------------------------------------------------------------------
+# Boxes: the part of an array a shard or a target holds.
+
+
+def box_of(index: Tuple[slice, ...], shape: Sequence[int]) -> Box:
+    r"""The box of a JAX index (a tuple of slices) of an array of :py:`shape`.
+
+    Example:
+        >>> box_of((slice(None), slice(2, 4)), (3, 8))
+        ((0, 3), (2, 4))
+    """
+
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape)) + tuple((0, n) for n in shape[len(index) :])
+
+
+def extents(box: Box) -> Tuple[int, ...]:
+    return tuple(b - a for a, b in box)
+
+
+def intersection(a: Box, b: Box) -> Box | None:
+    out = tuple((max(x0, y0), min(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b))
+    return out if all(x0 < x1 for x0, x1 in out) else None
+
+
+def strides(box: Box) -> List[int]:
+    r"""The C-order strides, in elements, of an array of the box's extents."""
+
+    out, step = [], 1
+    for n in reversed(extents(box)):
+        out.append(step)
+        step *= n
+    return out[::-1]
+
+
+def span(outer: Box, inner: Box) -> Tuple[int, int, bool]:
+    r"""Where the elements of :py:`inner` lie in :py:`outer`'s C order: the first, one
+    past the last, and whether they are all the elements between (contiguous).
+
+    Example:
+        >>> span(((0, 4), (0, 8)), ((1, 3), (0, 8))), span(((0, 4), (0, 8)), ((0, 4), (2, 4)))
+        ((8, 24, True), (2, 28, False))
+    """
+
+    steps = strides(outer)
+    first = sum((i0 - o0) * s for (i0, _), (o0, _), s in zip(inner, outer, steps))
+    end = 1 + sum((i1 - 1 - o0) * s for (_, i1), (o0, _), s in zip(inner, outer, steps))
+    return first, end, end - first == math.prod(extents(inner))
+
+
+def sub_view(buffer: np.ndarray, outer: Box, inner: Box, itemsize: int, base: int) -> np.ndarray:
+    r"""The bytes of :py:`inner` as an array of its extents (plus a trailing axis of the
+    item's bytes), in a uint8 buffer holding :py:`outer`'s C-order bytes from byte
+    :py:`base` on."""
+
+    first = span(outer, inner)[0] * itemsize - base
+    return np.lib.stride_tricks.as_strided(
+        buffer[first:],
+        shape=extents(inner) + (itemsize,),
+        strides=tuple(s * itemsize for s in strides(outer)) + (1,),
+        writeable=False,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def distinct_shards(sharding: jax.sharding.Sharding, shape: Tuple[int, ...]) -> Tuple[Tuple[Box, Tuple[Any, ...]], ...]:
+    r"""The distinct boxes of an array's sharding (every device's, of every process),
+    each with the devices holding it, in the sharding's order: the same on every
+    process."""
+
+    groups: Dict[Box, List[Any]] = {}
+    for device, index in sharding.devices_indices_map(shape).items():
+        groups.setdefault(box_of(index, shape), []).append(device)
+    return tuple((box, tuple(devices)) for box, devices in groups.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def local_boxes(sharding: jax.sharding.Sharding, shape: Tuple[int, ...]) -> Tuple[Box, ...]:
+    r"""The distinct boxes of this process's devices in a sharding."""
+
+    return tuple(dict.fromkeys(box_of(i, shape) for i in sharding.addressable_devices_indices_map(shape).values()))
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclasses.dataclass
+class Piece:
+    r"""A shard this process writes: its box, and how to get its bytes."""
+
+    key: str
+    box: Box
+    nbytes: int
+    data: Callable[[], np.ndarray]
+
+
+def is_global(x: Any) -> bool:
+    r"""Whether an array's shards say who holds what: a :class:`jax.Array`, unless it is
+    one process's own array in a job of several (then every process is taken to hold
+    the same values, as orbax does, and one of them writes it)."""
+
+    return isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable)
+
+
+def plan(manifest: Manifest, arrays: Mapping[str, Any]) -> List[Piece]:
+    r"""The shards this process writes. Every process computes the whole plan, from
+    what every process can see (the manifest and the shardings), so that they agree
+    without talking: each distinct shard goes to the least loaded process holding it."""
+
+    processes, me = jax.process_count(), jax.process_index()
+    load = [0] * processes
+    mine: List[Piece] = []
+
+    def assign(candidates: Iterable[int], nbytes: int) -> int:
+        owner = min(candidates, key=lambda p: (load[p], p))
+        load[owner] += nbytes
+        return owner
+
+    for key, info in manifest.arrays.items():
+        if math.prod(info.storage_shape) == 0:
+            continue  # the manifest alone describes it
+        x = arrays[key]
+        whole = tuple((0, n) for n in info.storage_shape)
+        itemsize = info.storage_dtype.itemsize
+        if not is_global(x):
+            if assign(range(processes), info.nbytes) == me:
+                mine.append(Piece(key, whole, info.nbytes, functools.partial(host_bytes, x)))
+            continue
+        if info.key_impl:
+            x = jax.random.key_data(x)
+        groups = distinct_shards(x.sharding, info.storage_shape)
+        if len(groups) == 1 and x.is_fully_addressable:
+            if assign([me], info.nbytes) == me:
+                mine.append(Piece(key, whole, info.nbytes, functools.partial(host_bytes, x)))
+            continue
+        local = None
+        for box, devices in groups:
+            nbytes = math.prod(extents(box)) * itemsize
+            owner = assign(sorted({d.process_index for d in devices}), nbytes)
+            if owner != me:
+                continue
+            if local is None:
+                local = {shard.device: shard for shard in x.addressable_shards}
+            writer = next(d for d in devices if d in local)
+            mine.append(Piece(key, box, nbytes, functools.partial(host_bytes, local[writer].data)))
+    return mine
+
+
+class ChunkSource(collections.abc.Mapping):
+    r"""The chunks of the pieces, by chunk id, for the payload writer: one piece's host
+    bytes at a time (the writer asks for the chunks in order), so that a save holds
+    host copies of one shard beyond the writer's own runs."""
+
+    def __init__(self, pieces: Sequence[Piece], where: Dict[str, Tuple[int, int, int]]):
+        self.pieces, self.where = pieces, where
+        self.current: Tuple[int, np.ndarray | None] = (-1, None)
+
+    def __getitem__(self, cid: str) -> np.ndarray:
+        piece, start, stop = self.where[cid]
+        if self.current[0] != piece:
+            data = self.pieces[piece].data()
+            if data.nbytes != self.pieces[piece].nbytes:
+                raise ValueError(f"{self.pieces[piece].key}: {data.nbytes} bytes, {self.pieces[piece].nbytes} expected")
+            self.current = (piece, data)
+        return self.current[1][start:stop]
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+def write_pieces(path: Path, pieces: Sequence[Piece]) -> List[Dict[str, Any]]:
+    r"""Writes the pieces back to back into a data file, atomically, and returns their
+    shard entries (without ``file``)."""
+
+    chunks: Dict[str, ArrayInfo] = {}
+    where: Dict[str, Tuple[int, int, int]] = {}
+    for i, piece in enumerate(pieces):
+        for start in range(0, piece.nbytes, CHUNK_BYTES):
+            stop = min(start + CHUNK_BYTES, piece.nbytes)
+            cid = str(len(chunks))
+            chunks[cid] = ArrayInfo("uint8", (stop - start,), stop - start)
+            where[cid] = (i, start, stop)
+    index = Manifest(chunks)
+    write_payload_file(
+        path, index, lambda m: b"", lambda text: text, [(b"", cid) for cid in chunks], ChunkSource(pieces, where), overwrite=False
+    )
+    entries, offset, cids = [], 0, iter(chunks)
+    for piece in pieces:
+        count = -(-piece.nbytes // CHUNK_BYTES)
+        crcs = [index.arrays[next(cids)].crc32 for _ in range(count)]
+        entries.append({"offset": offset, "nbytes": piece.nbytes, "index": [list(r) for r in piece.box], "crc32": crcs})
+        offset += piece.nbytes
+    return entries
+
+
+def whole_crc(info: ArrayInfo, shards: Sequence[Dict[str, Any]]) -> str | None:
+    r"""The CRC-32 of a whole array (what the file layouts record), from its shards'
+    chunk checksums, where the shards are consecutive runs of its C-order bytes (split
+    along the first axis); else None."""
+
+    if crc32_combine is None:
+        return None
+    whole, itemsize = tuple((0, n) for n in info.storage_shape), info.storage_dtype.itemsize
+    runs = []
+    for shard in shards:
+        first, end, contiguous = span(whole, tuple(map(tuple, shard["index"])))
+        if not contiguous:
+            return None
+        runs.append((first * itemsize, shard))
+    value, position = 0, 0
+    for start, shard in sorted(runs, key=lambda r: r[0]):
+        if start != position:
+            return None
+        for i, crc in enumerate(shard["crc32"]):
+            value = crc32_combine(value, int(crc, 16), min(CHUNK_BYTES, shard["nbytes"] - i * CHUNK_BYTES))
+        position += shard["nbytes"]
+    return f"{value:08x}" if position == info.nbytes else None
+
+
+def manifest_text(manifest: Manifest, shards: Mapping[str, List[Dict[str, Any]]]) -> str:
+    r"""The manifest's JSON with this layout's fields after the v1 ones."""
+
+    extra = json.dumps({"layout": LAYOUT, "chunk_bytes": CHUNK_BYTES, "shards": shards}, separators=(",", ":"))
+    return manifest.to_json()[:-1] + "," + extra[1:]  # two JSON objects' members, joined
+
+
+class ShardedDirectoryFormat(Format):
+    r"""Directories: new ones, and existing ones whose manifest says this layout."""
+
+    name, suffix, description = "sharded", "", "sharded checkpoint directories"
+    collective = True
+
+    def matches(self, path: Path) -> bool:
+        if not path.is_dir():
+            return path.suffix == ""
+        if not (path / MANIFEST).is_file():
+            return True  # nothing there yet (an empty directory): a new save's target
+        return layout_of(path) == LAYOUT
+
+    def write(
+        self,
+        path: Path,
+        manifest: Manifest,
+        arrays: Mapping[str, Any],
+        *,
+        overwrite: bool,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        # No place for extra metadata: the manifest holds what it repeats.
+        path = Path(path).absolute()
+        check_target(path, overwrite)  # on every process: all fail alike
+        with contextlib.ExitStack() as held:
+            self.write_guarded(path, manifest, arrays, overwrite, held)
+
+    def write_guarded(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], overwrite: bool, held: contextlib.ExitStack) -> None:
+        r"""The save, process 0 holding the folder's save lock (:func:`guarded`, in
+        :py:`held`) from before its temporary exists until it is committed or removed."""
+
+        primary = distributed.is_primary()
+        temp = shared_temporary_path(path)
+        error: BaseException | None = None
+        pieces: List[Piece] = []
+        try:
+            if primary:
+                held.enter_context(guarded(path))
+                temp.mkdir()
+            pieces = plan(manifest, arrays)
+        except Exception as e:
+            error = e
+        try:
+            distributed.agree(path, error)  # also the barrier: nobody writes before the directory exists
+        except BaseException:
+            if primary and temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+        name = file_name(jax.process_index(), jax.process_count())
+        entries: List[Tuple[str, Dict[str, Any]]] = []
+        try:
+            if pieces:
+                written = write_pieces(temp / name, pieces)  # fsynced, as is its directory entry
+                entries = [(p.key, {"file": name, **e}) for p, e in zip(pieces, written)]
+        except BaseException as e:
+            error = e
+        try:
+            # Every process's data file is durable (or none commits) before the manifest.
+            distributed.agree(path, error)
+            everyone = distributed.gather("shards", entries)
+            if primary:
+                shards: Dict[str, List[Dict[str, Any]]] = {key: [] for key in manifest.arrays}
+                for process in everyone:
+                    for key, entry in process:
+                        shards[key].append(entry)
+                for key, info in manifest.arrays.items():
+                    shards[key].sort(key=lambda e: e["index"])
+                    info.crc32 = whole_crc(info, shards[key]) if shards[key] else f"{0:08x}"  # no bytes
+                with AtomicFile(temp / MANIFEST) as f:
+                    write_all(f.fd, manifest_text(manifest, shards).encode())
+                fsync_directory(temp)
+                commit(temp, path, overwrite)
+            error = None
+        except BaseException as e:
+            error = e
+        finally:
+            if primary and temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+        distributed.agree(path, error)
+        # Committed: every process returns the manifest written.
+        for info, crc in zip(manifest.arrays.values(), distributed.broadcast("crc32", [i.crc32 for i in manifest.arrays.values()])):
+            info.crc32 = crc
+
+    def open(self, path: Path) -> ShardedReader:
+        return ShardedReader(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+_cache_lock = threading.Lock()
+_cache: Dict[Path, Tuple[Tuple[int, ...], bytes, Any]] = {}
+
+
+def read_manifest(path: Path) -> Tuple[bytes, Any]:
+    r"""The text of a directory's manifest and its JSON value (None if it is not valid
+    JSON), parsed once per version of the file: telling the layout (:func:`layout_of`)
+    and opening the directory share the parse.
+
+    Raises:
+        CheckpointError: if the manifest is missing, not a regular file or too large.
+    """
+
+    try:
+        text, st = read_regular(path / MANIFEST, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise CheckpointError(path, f"no {MANIFEST}: not an inox_io checkpoint, or an unfinished save") from None
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        cached = _cache.get(path)
+    if cached is not None and cached[0] == version and cached[1] == text:
+        return text, cached[2]
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys)
+    except (ValueError, RecursionError):
+        data = None  # Manifest.from_json says what is wrong
+    with _cache_lock:
+        _cache.clear()  # one entry: the directory being opened
+        _cache[path] = (version, text, data)
+    return text, data
+
+
+def layout_of(path: Path) -> str | None:
+    r"""The layout a directory's manifest names (None: the orbax layout, or no valid
+    manifest)."""
+
+    try:
+        data = read_manifest(path)[1]
+    except (CheckpointError, OSError):
+        return None
+    return data.get("layout") if isinstance(data, dict) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    r"""One stored shard: where its bytes lie and its chunks' checksums."""
+
+    file: str
+    offset: int
+    nbytes: int
+    box: Box
+    crcs: Tuple[str, ...]
+
+
+def is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def parse_shards(path: Path, manifest: Manifest, data: Dict[str, Any]) -> Tuple[int, Dict[str, List[Shard]]]:
+    r"""This layout's fields of the manifest, checked (section "Sharded directory
+    format" of ``docs/format.md``)."""
+
+    def fail(message: str, key: str | None = None):
+        raise CheckpointError(path, f"{MANIFEST}: {message}", key=key)
+
+    if data.get("layout") != LAYOUT:
+        fail(f"layout {data.get('layout')!r}, {LAYOUT!r} expected")
+    chunk = data.get("chunk_bytes")
+    if not is_int(chunk) or chunk < 1:
+        fail(f"chunk_bytes {chunk!r}: a positive integer expected")
+    stored = data.get("shards")
+    if not isinstance(stored, dict):
+        fail("a 'shards' object expected")
+    for key in stored:
+        if key not in manifest.arrays:
+            fail("has shards but is not listed in 'arrays'", key=key)
+    out: Dict[str, List[Shard]] = {}
+    for key, info in manifest.arrays.items():
+        entries = stored.get(key)
+        if not isinstance(entries, list):
+            fail("no list of shards", key=key)
+        if len(entries) > MAX_SHARDS:
+            fail(f"{len(entries)} shards, more than the {MAX_SHARDS} allowed", key=key)
+        shape, itemsize = info.storage_shape, info.storage_dtype.itemsize
+        shards = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                fail(f"shard {entry!r:.80}: an object expected", key=key)
+            name, offset, nbytes, index, crcs = (entry.get(f) for f in ("file", "offset", "nbytes", "index", "crc32"))
+            if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+                fail(f"shard file {name!r:.80}: a name shards-NNNNN-of-NNNNN.bin expected", key=key)
+            if not (is_int(offset) and offset >= 0 and is_int(nbytes) and nbytes >= 0):
+                fail(f"shard in {name}: offset and nbytes must be non-negative integers", key=key)
+            if (
+                not isinstance(index, list)
+                or len(index) != len(shape)
+                or not all(isinstance(r, list) and len(r) == 2 and all(map(is_int, r)) and 0 <= r[0] < r[1] <= n for r, n in zip(index, shape))
+            ):
+                fail(f"shard in {name}: index {index!r:.80} is not a [start, stop] per axis inside {list(shape)}", key=key)
+            box = tuple((a, b) for a, b in index)
+            if nbytes != math.prod(extents(box)) * itemsize:
+                fail(f"shard in {name}: nbytes {nbytes}, {math.prod(extents(box)) * itemsize} expected for index {index}", key=key)
+            if not isinstance(crcs, list) or len(crcs) != -(-nbytes // chunk) or not all(isinstance(c, str) and HEX.fullmatch(c) for c in crcs):
+                fail(f"shard in {name}: crc32 must list one checksum (8 lowercase hexadecimal digits) per chunk", key=key)
+            shards.append(Shard(name, offset, nbytes, box, tuple(crcs)))
+        check_tiling(path, key, shape, shards)
+        out[key] = shards
+    return chunk, out
+
+
+def check_tiling(path: Path, key: str, shape: Tuple[int, ...], shards: List[Shard]) -> None:
+    r"""Refuses shards that overlap or leave elements out."""
+
+    if sum(math.prod(extents(s.box)) for s in shards) != math.prod(shape):
+        raise CheckpointError(path, f"{MANIFEST}: the shards do not cover the array {list(shape)} exactly", key=key)
+    ordered = sorted(shards, key=lambda s: s.box)
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1 :]:
+            if a.box and b.box[0][0] >= a.box[0][1]:
+                break  # sorted by first axis: no later shard reaches back into this one
+            if intersection(a.box, b.box) is not None or not a.box:
+                raise CheckpointError(path, f"{MANIFEST}: shards {list(a.box)} and {list(b.box)} overlap", key=key)
+
+
+@dataclasses.dataclass
+class Read:
+    r"""Bytes :py:`begin` to :py:`begin + len(view)` of a shard, into :py:`view`."""
+
+    key: str
+    shard: Shard
+    begin: int
+    view: memoryview
+
+
+class Plan:
+    r"""The reads of one load: byte ranges of shards, each going either straight into
+    the buffer of a target box (where the box takes the shard's bytes as they lie) or
+    into a scratch buffer, then copied into the boxes that need them. With
+    verification, the ranges are whole chunks, each checked once per load."""
+
+    def __init__(self, reader: ShardedReader, verify: bool):
+        self.reader, self.verify = reader, verify
+        self.direct: List[Read] = []
+        #: (key, shard, begin, stop) -> the (target, inner box, buffer) it fills
+        self.copies: Dict[Tuple[str, Shard, int, int], List[Tuple[Box, Box, np.ndarray]]] = {}
+        self.expected: Dict[str, Tuple[str, str, str]] = {}  # chunk id -> key, file, crc32
+
+    def box(self, key: str, target: Box) -> np.ndarray:
+        r"""Plans the reads of a box of an array; returns the buffer its bytes will fill."""
+
+        itemsize = self.reader.manifest.arrays[key].storage_dtype.itemsize
+        chunk = self.reader.chunk
+        dest = aligned_empty(math.prod(extents(target)) * itemsize)
+        for shard in self.reader.overlapping(key, target):
+            inner = shard.box if shard.box == target else intersection(shard.box, target)
+            first, end, contiguous = span(shard.box, inner)
+            begin, stop = first * itemsize, end * itemsize
+            if self.verify:
+                begin, stop = begin - begin % chunk, min(-(-stop // chunk) * chunk, shard.nbytes)
+            at, _, fits = span(target, inner)
+            if contiguous and fits and (begin, stop) == (first * itemsize, end * itemsize):
+                view = memoryview(dest)[at * itemsize : at * itemsize + stop - begin]
+                for start in range(0, len(view), READ_CHUNK_BYTES):  # checksummed while the next is read
+                    self.direct.append(Read(key, shard, begin + start, view[start : start + READ_CHUNK_BYTES]))
+            else:
+                self.copies.setdefault((key, shard, begin, stop), []).append((target, inner, dest))
+        return dest
+
+    def chunks(self, read: Read) -> List[Tuple[str, memoryview]]:
+        r"""The chunks of a read to verify: those not verified yet in this load."""
+
+        if not self.verify:
+            return []
+        out, chunk, shard = [], self.reader.chunk, read.shard
+        for start in range(read.begin, read.begin + len(read.view), chunk):
+            cid = f"{shard.file}:{shard.offset + start}"
+            if cid not in self.expected:
+                self.expected[cid] = (read.key, shard.file, shard.crcs[start // chunk])
+                out.append((cid, read.view[start - read.begin : start - read.begin + chunk]))
+        return out
+
+    def run(self) -> Dict[str, str]:
+        r"""Reads everything planned, consecutive ranges of a file with one ``preadv``;
+        returns the problem of each array whose chunks do not have their checksums.
+
+        Raises:
+            CheckpointError: for a data file that ends too soon.
+        """
+
+        with Checksums() as crcs:
+            batch: List[Read] = []
+            for read in sorted(self.direct, key=lambda r: (r.shard.file, r.shard.offset + r.begin)):
+                if batch and not self.follows(batch, read):
+                    self.reader.read(batch)
+                    crcs.submit([piece for r in batch for piece in self.chunks(r)])
+                    batch = []
+                batch.append(read)
+            if batch:
+                self.reader.read(batch)
+                crcs.submit([piece for r in batch for piece in self.chunks(r)])
+            for (key, shard, begin, stop), boxes in self.copies.items():
+                scratch = aligned_empty(stop - begin)
+                read = Read(key, shard, begin, memoryview(scratch))
+                self.reader.read([read])
+                crcs.submit(self.chunks(read))
+                crcs.wait(pending=1)  # at most two scratch buffers alive
+                itemsize = self.reader.manifest.arrays[key].storage_dtype.itemsize
+                for target, inner, dest in boxes:
+                    where = tuple(slice(a - t, b - t) for (a, b), (t, _) in zip(inner, target))
+                    dest.reshape(extents(target) + (itemsize,))[where] = sub_view(scratch, shard.box, inner, itemsize, begin)
+        problems: Dict[str, str] = {}
+        for cid, (key, file, expected) in self.expected.items():
+            if crcs.hex(cid) != expected and key not in problems:
+                problems[key] = f"{CHECKSUM_MISMATCH} in {file}, at byte {cid.split(':')[1]}"
+        return problems
+
+    @staticmethod
+    def follows(batch: List[Read], read: Read) -> bool:
+        r"""Whether a read continues a batch: the next bytes of the same file, within
+        one system call's limits."""
+
+        last = batch[-1]
+        return (
+            read.shard.file == last.shard.file
+            and read.shard.offset + read.begin == last.shard.offset + last.begin + len(last.view)
+            and len(batch) < MAX_BUFFERS
+            and sum(len(r.view) for r in batch) + len(read.view) <= READ_CHUNK_BYTES
+        )
+
+
+def host_only(info: ArrayInfo) -> bool:
+    r"""Whether JAX cannot hold the array exactly (64-bit data without ``jax_enable_x64``)."""
+
+    return not info.key_impl and jax.dtypes.canonicalize_dtype(info.storage_dtype) != info.storage_dtype
+
+
+class ShardedReader(Reader):
+    r"""An open sharded directory: its manifest checked, its data files open."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)")
+        text, data = read_manifest(self.path)
+        self.manifest = Manifest.from_json(text, source=str(self.path))
+        self.chunk, self.shards = parse_shards(self.path, self.manifest, data)
+        self.exact = {key: {s.box: s for s in shards} for key, shards in self.shards.items() if len(shards) > 1}
+        self.fds: Dict[str, int] | None = None  # opened by the first read
+
+    def files(self) -> Dict[str, int]:
+        r"""The descriptors of the data files, opened at the first read (regular files
+        only); refuses a file that is missing or too short for its shards."""
+
+        if self.fds is None:
+            self.fds = {}
+            try:
+                self.open_files()
+            except BaseException:
+                self.close()
+                raise
+        return self.fds
+
+    def open_files(self) -> None:
+        ends: Dict[str, Tuple[int, str]] = {}
+        for key, shards in self.shards.items():
+            for s in shards:
+                ends[s.file] = max(ends.get(s.file, (0, key)), (s.offset + s.nbytes, key))
+        for name, (end, key) in sorted(ends.items()):
+            try:
+                fd = self.fds[name] = open_regular(self.path / name)
+            except FileNotFoundError:
+                raise CheckpointError(self.path, f"{name}: missing (the manifest lists shards in it)", key=key) from None
+            st = os.fstat(fd)
+            if st.st_size < end:
+                raise CheckpointError(self.path, f"{name}: {st.st_size} bytes, shards up to byte {end} expected (truncated?)", key=key)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds or {}, None
+        for fd in fds.values():
+            os.close(fd)
+
+    def overlapping(self, key: str, target: Box) -> List[Shard]:
+        r"""The stored shards of :py:`key` that a box overlaps."""
+
+        shards = self.shards[key]
+        exact = self.exact.get(key, {}).get(target) if len(shards) > 1 else None
+        if exact is not None:
+            return [exact]
+        if len(shards) == 1:
+            return shards
+        return [s for s in shards if intersection(s.box, target) is not None]
+
+    def read(self, reads: Sequence[Read]) -> None:
+        r"""Fills consecutive reads of one file with one system call (and more after
+        short reads)."""
+
+        first = reads[0]
+        offset, size = first.shard.offset + first.begin, sum(len(r.view) for r in reads)
+        n = preadv_all(self.files()[first.shard.file], [r.view for r in reads], offset)
+        READS.add(n)
+        if n < size:
+            raise CheckpointError(self.path, f"{first.shard.file}: ends before byte {offset + size} (truncated?)", key=first.key)
+
+    def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
+        plan = Plan(self, verify)
+        wholes: Dict[str, np.ndarray | None] = {}
+        parts: Dict[str, Dict[Box, np.ndarray]] = {}
+        for key, target in targets.items():
+            info = self.manifest.arrays[key]
+            shape = info.storage_shape
+            if math.prod(shape) == 0:
+                wholes[key] = None
+            elif target.sharding is None or target.transform is not None or info.key_impl or host_only(info):
+                # On the host first: the default device, a transform, key data, 64-bit
+                # data JAX would narrow (place() says what to do with each).
+                wholes[key] = plan.box(key, tuple((0, n) for n in shape))
+            else:
+                parts[key] = {box: plan.box(key, box) for box in local_boxes(target.sharding, shape)}
+        problems = plan.run()
+        if problems:
+            raise damage_error(self.path, problems)
+
+        infos, hosts = {}, {}
+        for key, buffer in wholes.items():
+            info = self.manifest.arrays[key]
+            dtype, shape = info.storage_dtype, info.storage_shape
+            host = np.zeros(shape, dtype) if buffer is None else buffer.view(dtype).reshape(shape)
+            infos[key], hosts[key] = targets[key].apply(info, host)
+        out = place_all(infos, hosts, targets)
+        for key, boxes in parts.items():
+            info = self.manifest.arrays[key]
+            views = {box: buffer.view(info.storage_dtype).reshape(extents(box)) for box, buffer in boxes.items()}
+            out[key] = jax.make_array_from_callback(
+                info.shape, targets[key].sharding, lambda index, views=views, shape=info.shape: views[box_of(index, shape)]
+            )
+        return out
+
+    def host(self, key: str) -> np.ndarray:
+        info = self.manifest.arrays[key]
+        if math.prod(info.storage_shape) == 0:
+            return np.zeros(info.storage_shape, info.storage_dtype)
+        plan = Plan(self, verify=False)
+        buffer = plan.box(key, tuple((0, n) for n in info.storage_shape))
+        plan.run()
+        return buffer.view(info.storage_dtype).reshape(info.storage_shape)
+
+    def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
+        r"""Reads every shard of the arrays, :data:`READ_CHUNK_BYTES` at a time, and
+        checks each chunk against its checksum."""
+
+        problems: Dict[str, str] = {}
+        for key in self.manifest.arrays if keys is None else keys:
+            try:
+                for shard in self.shards[key]:
+                    for begin in range(0, shard.nbytes, READ_CHUNK_BYTES):
+                        plan = Plan(self, verify=True)
+                        size = min(READ_CHUNK_BYTES, shard.nbytes - begin)
+                        plan.direct.append(Read(key, shard, begin, memoryview(aligned_empty(size))))
+                        found = plan.run()
+                        if found:
+                            raise CheckpointError(self.path, found[key], key=key)
+            except CheckpointError as e:
+                problems[key] = e.message
+        return problems
