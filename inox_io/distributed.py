@@ -75,7 +75,7 @@ def name(what: str) -> str:
     with _counters_lock:
         counter = _counters.setdefault(f"{prefix}/{what}", itertools.count())
         n = next(counter)
-    return f"inox_io/{prefix}/{what}/{n}"
+    return f"{prefix}/{what}/{n}"
 
 
 def _client() -> Any:

@@ -234,8 +234,8 @@ class CheckpointManager:
 
         return self.metadata(step)["metrics"]
 
-    def _all_metrics(self) -> Dict[int, Dict[str, Any] | None]:
-        return {step: self.metrics(step) for step in self.all_steps()}
+    def _all_metrics(self, steps: List[int]) -> Dict[int, Dict[str, Any] | None]:
+        return {step: self.metrics(step) for step in steps}
 
     def best_step(self) -> int | None:
         r"""The complete step of best score, or :py:`None` if no step has one.
@@ -246,7 +246,7 @@ class CheckpointManager:
 
         if self.retention.best_fn is None:
             raise ValueError("this CheckpointManager has no best_fn to rank steps")
-        return self.retention.best(self._all_metrics())
+        return self.retention.best(self._all_metrics(self.all_steps()))
 
     # Saving
 
@@ -379,7 +379,7 @@ class CheckpointManager:
                 self._retain(step)
             except BaseException as e:
                 retention = e  # the step is committed: the others must hear it
-            self._announce(distributed.broadcast("committed", {"error": None, "steps": self._steps_on_disk()}))
+            self._announce(distributed.broadcast("committed", {"error": None, "steps": self._steps_on_disk()})["steps"])
             if retention is not None:
                 raise retention
 
@@ -419,7 +419,7 @@ class CheckpointManager:
     def _retain(self, saved: int) -> None:
         if self.retention.max_to_keep is None:
             return
-        metrics = self._all_metrics()
+        metrics = self._all_metrics(self._steps_on_disk())  # process 0's own view: it decides
         keep = self.retention.keep(metrics, saved)
         for step in metrics:
             if step not in keep:
