@@ -433,12 +433,16 @@ def save_error(error: OSError, target: str | os.PathLike, *, committed: bool = F
         OSError(28, 'No space left on device (not saved; the checkpoint there, if any, is untouched)')
     """
 
+    if getattr(error, "state", None) is not None:
+        return error  # explained already
     if committed:
         state = "the new checkpoint is in place, but may not survive a power loss"
     else:
         state = "not saved; the checkpoint there, if any, is untouched"
     reason = error.strerror or str(error)
-    return OSError(error.errno, f"{reason} ({state})", os.fspath(target))
+    out = OSError(error.errno, f"{reason} ({state})", os.fspath(target))
+    out.state = state  #: what the target holds, for callers explaining it once only
+    return out
 
 
 class AtomicFile:

@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import jax
 
-from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, save_guard, write_all
+from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, save_error, save_guard, write_all
 from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
 from .interface import Format, Reader, Target
@@ -417,9 +417,12 @@ class HFIndexFormat(Format):
             }
             with AtomicFile(path, overwrite=overwrite) as f:
                 write_all(f.fd, json.dumps(index, indent=2).encode() + b"\n")
-        except BaseException:
+        except BaseException as e:
             for shard_path in written:
                 shard_path.unlink(missing_ok=True)
+            if isinstance(e, OSError) and not isinstance(e, FileExistsError) and e.filename != os.fspath(path):
+                # A shard's failure, said of the checkpoint the user named: the index is untouched.
+                raise save_error(OSError(e.errno, os.strerror(e.errno) if e.errno else str(e)), path) from e
             raise
 
         # Only the old index's own shards (own_shards): never a file it merely named.

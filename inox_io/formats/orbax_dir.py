@@ -41,6 +41,7 @@ import jax
 import math
 import numpy as np
 import os
+import re
 import secrets
 import shutil
 
@@ -349,6 +350,9 @@ def storage_failure(error: BaseException | None, path: Path) -> BaseException | 
     if not isinstance(error, Exception):
         return error  # KeyboardInterrupt, SystemExit: as they are
     text = " ".join(str(e) for e in chain)
+    code = re.search(r"os_error_code='?([0-9]+)", text)  # tensorstore's own record of the errno
+    if code is not None:
+        return save_error(OSError(int(code.group(1)), os.strerror(int(code.group(1)))), path)
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES):
         if os.strerror(code) in text:
             return save_error(OSError(code, os.strerror(code)), path)

@@ -351,3 +351,38 @@ def test_readers_during_overwrites_see_no_false_damage(tmp_path, layout):
     assert writer.wait() == 0
     assert failures == [], f"{len(failures)} of {loads + len(failures)} loads failed: {failures[:3]}"
     assert len(seen) > 2, "not vacuous: the loads saw the checkpoint change"
+
+
+# 6. Failing disks in every layout: OSError with its errno, the path, the old one untouched
+
+
+@pytest.mark.parametrize("layout", ["orbax", "index"])
+def test_a_failing_disk_is_a_clear_oserror(tmp_path, layout):
+    r"""Files may not grow past 1 MiB (``RLIMIT_FSIZE``): each write past it fails with
+    ``EFBIG``, a real failure of the kernel, as a full disk's ``ENOSPC`` is."""
+
+    import subprocess
+    import sys
+
+    path = tmp_path / ("ckpt" if layout == "orbax" else INDEX)
+    save = "save_dir(path, tree, overwrite=True)" if layout == "orbax" else "inox_io.save(path, tree, overwrite=True)"
+    script = SAVE_DIR + (
+        "import errno, resource, signal, numpy as np, inox_io\n"
+        "from pathlib import Path\n"
+        f"path = Path({str(path)!r})\n"
+        "tree = {'x': np.ones(1000, np.float32)}\n"
+        f"{save.replace('overwrite=True', 'overwrite=False')}\n"
+        "tree = {'x': np.random.default_rng(0).random(2**20, np.float32)}\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))\n"
+        "try:\n"
+        f"    {save}\n"
+        "except OSError as e:\n"
+        "    print(e.errno, e.filename, e.strerror, sep='|')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300).stdout
+    code, filename, message = out.strip().split("|")
+    assert int(code) == 27 and filename == str(path), out  # EFBIG, the user's path
+    assert "not saved; the checkpoint there, if any, is untouched" in message
+    assert inox_io.load(path, {"x": jnp.zeros(1000)})["x"].tolist() == [1.0] * 1000
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
