@@ -89,7 +89,7 @@ class CheckpointManager:
         async_save: Whether files are written in a background thread.
         item_format: The format of array items: a format name (``'safetensors'``,
             ``'msgpack'``, or a directory format such as ``'orbax'`` where registered).
-            By default, safetensors, or ``'orbax'`` for an item whose arrays span
+            By default, safetensors, or ``'sharded'`` for an item whose arrays span
             several processes.
         read_only: Whether this manager only reads: no lock, no cleanup, no saving.
 

@@ -75,7 +75,7 @@ class Item:
 
 def snapshot(name: str, tree: PyTree, item_format: str | None) -> Item:
     r"""Takes the snapshot of an item, in :py:`item_format` (by name) or, by default,
-    safetensors, or ``'orbax'`` for an item whose arrays span several processes.
+    safetensors, or ``'sharded'`` for an item whose arrays span several processes.
 
     Raises:
         ValueError: for a name that cannot be a file name.
@@ -94,7 +94,7 @@ def snapshot(name: str, tree: PyTree, item_format: str | None) -> Item:
 
     manifest, arrays = build(tree)
     spanning = any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in arrays.values())
-    fmt = format_named(item_format or ("orbax" if spanning else "safetensors"))
+    fmt = format_named(item_format or ("sharded" if spanning else "safetensors"))
     for x in arrays.values():
         if isinstance(x, jax.Array) and x.is_fully_addressable and not is_key_dtype(x.dtype) and not _on_cpu(x):
             x.copy_to_host_async()  # all transfers at once, then one copy each

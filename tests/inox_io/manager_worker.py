@@ -15,6 +15,8 @@ Modes:
     ``restore``: restores the latest step read-only onto a mesh of another shape.
     ``fail``: saves step 1, then makes step 2 fail on process FAIL_ON (a full disk in
     its writer): every process must fail, and step 1 must stay.
+
+``WORKER_FORMAT`` in the environment sets the manager's ``item_format``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def main(process_id: int, processes: int, port: int, directory: Path, mode: str,
         print(f"WORKER OK {process_id}", flush=True)
         return
 
-    manager = inox_io.CheckpointManager(directory, max_to_keep=KEEP, async_save=True)
+    item_format = os.environ.get("WORKER_FORMAT")  # the default layout if unset
+    manager = inox_io.CheckpointManager(directory, max_to_keep=KEEP, async_save=True, item_format=item_format)
     if process_id == 0:  # before anyone saves: what a killed job left is gone
         assert not [p for p in os.listdir(directory) if p.startswith(".inox_io-tmp-")], "leftovers not removed"
     start = manager.latest_step() or 0
@@ -93,12 +96,15 @@ def main(process_id: int, processes: int, port: int, directory: Path, mode: str,
         manager.wait_until_finished()
         if process_id == fail_on:
             # A full disk in this process's writer: its shards of the model.
-            from inox_io.formats import orbax_dir
+            from inox_io.formats import orbax_dir, sharded_dir
 
             def full(*args, **kwargs):
                 raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-            orbax_dir.to_orbax = full
+            if item_format == "orbax":
+                orbax_dir.to_orbax = full
+            else:
+                sharded_dir.write_pieces = full
         manager.save(2, items(2, state := step_fn(state)))
         try:
             manager.wait_until_finished()

@@ -52,9 +52,10 @@ def test_steps_saved_by_two_processes_resume_on_four_and_restore_on_one(tmp_path
         assert printed(out, "RESTORED") == ["6"]
 
 
+@pytest.mark.parametrize("layout", ["sharded", "orbax"])
 @pytest.mark.parametrize("fail_on", [0, 1])
-def test_a_failure_on_one_process_fails_the_step_everywhere(tmp_path, fail_on):
-    outputs = run(tmp_path / "ckpt", 2, "fail", 0, fail_on, name="fail")
+def test_a_failure_on_one_process_fails_the_step_everywhere(tmp_path, fail_on, layout):
+    outputs = run(tmp_path / "ckpt", 2, "fail", 0, fail_on, name="fail", env={"WORKER_FORMAT": layout})
     for i, out in enumerate(outputs):
         (message,) = printed(out, "FAILED AS EXPECTED:")
         if i != fail_on:
