@@ -4,6 +4,13 @@ that a run killed at any moment resumes bit for bit.
 
     python examples/train_tied_lm.py --dir /tmp/lm --steps 12 --every 3
     python examples/train_tied_lm.py --dir /tmp/lm --steps 12 --every 3 --resume
+    python examples/train_tied_lm.py --dir /tmp/lm2 --steps 12 --processes 2  # 2 x 4 devices
+
+With ``--processes N``, the script starts N processes of itself on this machine (the
+coordinator on 127.0.0.1), each with 8 / N devices, as a job on N hosts would run: the
+arrays span processes, every process writes its own shards of each step, and process
+0 commits it. ``SIGTERM`` (to this script or any of its processes) is a preemption:
+every process saves the same step and exits 0.
 
 What a resumable run must checkpoint, and does here (:class:`inox_io.CheckpointManager`):
 
@@ -12,6 +19,9 @@ What a resumable run must checkpoint, and does here (:class:`inox_io.CheckpointM
 * the optimizer state (AdamW moments, and the step count that drives the schedule);
 * the PRNG key (dropout);
 * the step and the position of the data stream (JSON items, restored as saved).
+
+Each step also asks :meth:`~inox_io.CheckpointManager.reached_preemption`: once the job
+is told to stop, the step is saved (``force=True``) and the run ends.
 
 Every step prints ``step <n> loss <float.hex()>``: hexadecimal floats compare exactly.
 The arrays are restored onto the shardings they are trained on, and the step function
@@ -23,13 +33,17 @@ from __future__ import annotations
 
 import os
 
-# Before importing JAX: 8 CPU devices, and CPU only (GPU reductions may be
+# Before importing JAX: 8 CPU devices (in all), and CPU only (GPU reductions may be
 # non-deterministic, which would break the bit-for-bit comparison).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse
+import signal
+import socket
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -127,6 +141,23 @@ def state_shardings(abstract_state: Any, params: Dict[str, NamedSharding], repli
     return jtu.tree_map_with_path(choose, abstract_state)
 
 
+def launch(processes: int, argv) -> int:
+    r"""Runs this script as a job of :py:`processes` local processes; forwards
+    ``SIGTERM`` to them (a preemption) and returns the worst exit code."""
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+    children = [
+        subprocess.Popen([sys.executable, __file__, *argv, "--process-id", str(i), "--coordinator", f"127.0.0.1:{port}"], env=env)
+        for i in range(processes)
+    ]
+    signal.signal(signal.SIGTERM, lambda *_: children[-1].send_signal(signal.SIGTERM))
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", required=True, help="checkpoint directory")
@@ -136,7 +167,17 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sync", action="store_true", help="write checkpoints in the foreground")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to sleep after each step (a slow data loader)")
+    parser.add_argument("--processes", type=int, default=1, help="run as a job of this many local processes")
+    parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)  # set by launch()
+    parser.add_argument("--coordinator", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.processes > 1 and args.process_id is None:
+        sys.exit(launch(args.processes, sys.argv[1:] if argv is None else argv))
+    if args.process_id is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, num_processes=args.processes, process_id=args.process_id)
+    lead = jax.process_index() == 0  # prints for the job
 
     vocab, length, features, heads, depth, batch_size = 32, 16, 32, 4, 2, 16
 
@@ -166,7 +207,7 @@ def main(argv=None) -> None:
     optimizer = optax.adamw(schedule, weight_decay=1e-2)
     opt_shardings = state_shardings(jax.eval_shape(optimizer.init, params), param_shardings, replicated)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-    key = jax.device_put(jax.random.key(args.seed + 1), replicated)
+    key = jax.jit(lambda: jax.random.key(args.seed + 1), out_shardings=replicated)()  # also across processes
     step, next_batch = 0, 0
 
     def train_step(params, opt_state, key, tokens) -> Tuple[Any, Any, jax.Array, jax.Array]:
@@ -203,14 +244,17 @@ def main(argv=None) -> None:
             step, next_batch = restored["step"], restored["data"]["next_batch"]
             if restored["data"]["seed"] != args.seed:
                 sys.exit(f"the checkpoint was trained with --seed {restored['data']['seed']}")
-            print(f"resumed from step {step}", flush=True)
+            if lead:
+                print(f"resumed from step {step}", flush=True)
 
         while step < args.steps:
-            tokens = batch(args.seed, next_batch, batch_size, length, vocab)
+            host = batch(args.seed, next_batch, batch_size, length, vocab)  # every process draws it
+            tokens = jax.make_array_from_callback(host.shape, batch_sharding, lambda index: host[index])
             params, opt_state, key, loss = train_step(params, opt_state, key, tokens)
             step, next_batch = step + 1, next_batch + 1
-            loss = float(loss)
-            print(f"step {step} loss {loss.hex()} ({loss:.5f})", flush=True)
+            loss = float(loss.addressable_data(0))  # replicated: this process's copy
+            if lead:
+                print(f"step {step} loss {loss.hex()} ({loss:.5f})", flush=True)
 
             items = {
                 "model": modef(params, others),  # tied: the embedding is stored once
@@ -219,6 +263,11 @@ def main(argv=None) -> None:
                 "step": step,
                 "data": {"seed": args.seed, "next_batch": next_batch},
             }
+            if manager.reached_preemption(step):  # on every process at the same step
+                manager.save(step, items, metrics={"loss": loss}, force=True)
+                if lead:
+                    print(f"preempted: saved step {step}", flush=True)
+                break
             manager.save(step, items, metrics={"loss": loss}, force=step == args.steps)
             time.sleep(args.delay)
 

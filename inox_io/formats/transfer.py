@@ -47,7 +47,13 @@ def place(info: ArrayInfo, view: np.ndarray, target: Target) -> jax.Array:
     """
 
     if info.key_impl:
-        keys = jax.random.wrap_key_data(np.asarray(view), impl=info.key_impl)
+        data = np.asarray(view)  # the keys' data: one more trailing axis than the keys
+        if target.sharding is not None and not target.sharding.is_fully_addressable:
+            # Across processes, each wraps only the keys of its own shards.
+            return jax.make_array_from_callback(
+                info.shape, target.sharding, lambda index: jax.random.wrap_key_data(data[index], impl=info.key_impl)
+            )
+        keys = jax.random.wrap_key_data(data, impl=info.key_impl)
         return jax.device_put(keys, target.sharding) if target.sharding is not None else keys
 
     if jax.dtypes.canonicalize_dtype(view.dtype) != view.dtype:

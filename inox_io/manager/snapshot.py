@@ -35,6 +35,16 @@ def _on_cpu(x: jax.Array) -> bool:
     return all(device.platform == "cpu" for device in x.sharding.device_set)
 
 
+def _held_shard(data: jax.Array) -> jax.Array:
+    r"""One shard, safe from the caller: on CPU, over a view of its buffer (whose
+    external reference makes XLA keep the buffer through a donation, as for whole
+    arrays below); elsewhere, a copy on its device."""
+
+    if _on_cpu(data):
+        return jax.device_put(np.asarray(data), data.sharding.device_set.pop())
+    return jax.device_put(data, data.sharding, may_alias=False)
+
+
 def host_array(x: Any) -> Any:
     r"""The values of an array, on the host, that nothing the caller does later can
     change: in-place writes to a NumPy array, donating a JAX array to a jitted call, or
@@ -44,9 +54,12 @@ def host_array(x: Any) -> Any:
         if is_key_dtype(x.dtype):
             x = jax.random.key_data(x)  # the manifest keeps the key implementation
         if not x.is_fully_addressable:
-            # Cannot be gathered here; a jax.Array is immutable, and a directory format
-            # writes each process' shards.
-            return x
+            # Cannot be gathered here: each process holds (and its collective layout
+            # writes) its own shards, rebuilt into an array of their own that a donation
+            # of the caller's array cannot delete.
+            return jax.make_array_from_single_device_arrays(
+                x.shape, x.sharding, [_held_shard(shard.data) for shard in x.addressable_shards]
+            )
         if _on_cpu(x):
             # No copy (1 GiB would block the caller ~0.2 s): a jax.Array is immutable,
             # and the read-only view np.asarray returns holds an external reference to
