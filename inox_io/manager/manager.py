@@ -379,7 +379,9 @@ class CheckpointManager:
                 self._retain(step)
             except BaseException as e:
                 retention = e  # the step is committed: the others must hear it
-            self._announce(distributed.broadcast("committed", {"error": None, "steps": self._steps_on_disk()})["steps"])
+            # Only the other processes need the list: one process lists the disk itself.
+            steps = self._steps_on_disk() if jax.process_count() > 1 else None
+            self._announce(distributed.broadcast("committed", {"error": None, "steps": steps})["steps"])
             if retention is not None:
                 raise retention
 
