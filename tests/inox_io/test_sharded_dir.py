@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -22,7 +19,7 @@ from inox_io.formats import format_for, format_named
 from inox_io.formats.sharded_dir import CHUNK_BYTES, READS
 
 from models import WeightSharingMLP, assert_tied, assert_trees_bits_equal, dtype_zoo, seed_model
-from test_multihost import free_port
+from processes import Job
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 WORKER = Path(__file__).with_name("sharded_worker.py")
@@ -238,27 +235,12 @@ def test_manager_items_in_the_sharded_layout(tmp_path):
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_save_and_load(tmp_path, processes):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    port, logs = free_port(), [open(tmp_path / f"worker{i}.log", "w+") for i in range(processes)]
-    command = [sys.executable, str(WORKER), "{}", str(processes), str(port), str(tmp_path)]
-    workers = [
-        subprocess.Popen([c.format(i) for c in command], env=env, stdout=logs[i], stderr=subprocess.STDOUT)
-        for i in range(processes)
-    ]
+    job = Job(WORKER, processes, [tmp_path], tmp_path / "logs", name="sharded")
     try:
-        deadline = time.monotonic() + 240  # ~10 s; a process that fails leaves the others waiting
-        while time.monotonic() < deadline and not all(w.poll() == 0 for w in workers):
-            if any(w.poll() not in (None, 0) for w in workers):
-                break
-            time.sleep(0.2)
+        codes = job.wait(240)  # ~10 s; a process that fails leaves the others waiting
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-            w.wait()
-    for i, (worker, log) in enumerate(zip(workers, logs)):
-        log.seek(0)
-        output = log.read()
-        log.close()
-        if worker.returncode != 0 or f"WORKER OK {i}" not in output:
-            pytest.fail(f"process {i} of {processes} failed (exit code {worker.returncode}):\n{output[-6000:]}")
+        job.kill()
+    outputs = job.outputs()
+    for i, (code, output) in enumerate(zip(codes, outputs)):
+        if code != 0 or f"WORKER OK {i}" not in output:
+            pytest.fail(f"process {i} of {processes} failed (exit code {code}):\n{job.report()}")
