@@ -12,6 +12,7 @@ other save runs in the folder. For every layout that is a directory.
 
 Example:
     >>> import tempfile
+    >>> from inox_io.atomic import temporary_name
     >>> folder = Path(tempfile.mkdtemp())
     >>> with guarded(folder / 'ckpt'):
     ...     temp = folder / temporary_name('ckpt')
@@ -23,19 +24,24 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ASIDE_PREFIX", "commit", "exchange", "guarded", "recover"]
+__all__ = ["ASIDE_PREFIX", "MANIFEST", "check_target", "commit", "exchange", "guarded", "recover", "save_directory"]
 
 import contextlib
 import ctypes
 import errno
+import jax
 import os
 import secrets
 import shutil
 
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Callable, Iterator, List, Sequence, TypeVar
 
-from ..atomic import fsync_directory, save_guard, temporaries_of, temporary_name, temporary_stem
+from .. import distributed
+from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, save_guard, temporaries_of, temporary_path, temporary_stem, write_all
+
+#: The file of a checkpoint directory that describes it, written last.
+MANIFEST = "manifest.json"
 
 #: The name of an old checkpoint moved aside during a replacement (where the system
 #: cannot swap directories): not a temporary, for until the new one is in place it may
@@ -139,3 +145,106 @@ def guarded(path: Path) -> Iterator[None]:
     with save_guard(path.parent, lambda: remove_leftovers(path)):
         yield
 
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    r"""Refuses targets that cannot or must not be replaced."""
+
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such directory")
+    if not os.path.lexists(path) or (path.is_dir() and not any(path.iterdir())):
+        return  # an empty directory holds nothing to lose (e.g. from tempfile.mkdtemp)
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not (path / MANIFEST).is_file():
+        # overwrite=True must never wipe a directory that is not a checkpoint
+        raise FileExistsError(
+            f"{path} exists and is not an inox_io checkpoint directory; refusing to replace it"
+        )
+
+
+def shared_temporary_path(path: Path) -> Path:
+    r"""A temporary name beside :py:`path`, the same on every process."""
+
+    if jax.process_count() == 1:
+        return temporary_path(path)
+    pid, token = distributed.broadcast("temporary", [os.getpid(), secrets.token_hex(4)])
+    return path.with_name(f"{TEMP_PREFIX}{path.name}.{pid}.{token}")
+
+
+Prepared = TypeVar("Prepared")
+Part = TypeVar("Part")
+
+
+def save_directory(
+    path: Path,
+    overwrite: bool,
+    *,
+    prepare: Callable[[], Prepared],
+    write: Callable[[Path, Prepared], Part],
+    manifest: Callable[[Sequence[Part]], str],
+    failure: Callable[[BaseException, Path], BaseException] = lambda error, path: error,
+) -> None:
+    r"""Saves the checkpoint directory :py:`path` from every process of the job.
+
+    Each step ends with an agreement of all processes (:func:`inox_io.distributed.agree`),
+    so that a failure anywhere (a full disk, a bad array, Ctrl-C) fails the save on every
+    process, removes its temporary and leaves the old checkpoint as it was:
+
+    1. every process checks the target; process 0 takes the folder's save lock
+       (:func:`guarded`) and creates the temporary directory, named alike everywhere;
+       every process runs :py:`prepare` (what it can refuse before writing);
+    2. every process runs :py:`write` into the temporary, returning its part of the
+       manifest, and makes its files durable;
+    3. process 0 writes :py:`manifest` (the text, given every process's part) as
+       :data:`MANIFEST`, last, and commits the directory.
+
+    :py:`failure` turns an error into the one reported (a storage error naming the
+    user's path rather than a temporary).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> save_directory(folder / 'ckpt', False, prepare=lambda: b'bytes',
+        ...     write=lambda temp, data: (temp / 'data').write_bytes(data),
+        ...     manifest=lambda parts: '{"sizes": %s}' % list(parts))
+        >>> (folder / 'ckpt' / MANIFEST).read_text()
+        '{"sizes": [5]}'
+    """
+
+    def agree(error: BaseException | None) -> None:
+        distributed.agree(path, None if error is None else failure(error, path))
+
+    check_target(path, overwrite)  # on every process, before any collective: all fail alike
+    primary = distributed.is_primary()
+    temp = shared_temporary_path(path)
+    error: BaseException | None = None
+    prepared: Any = None
+    part: Any = None
+    with contextlib.ExitStack() as held:
+        try:
+            try:
+                if primary:
+                    held.enter_context(guarded(path))  # from before the temporary exists
+                    temp.mkdir()
+                prepared = prepare()
+            except BaseException as e:  # Ctrl-C too: the temporary must go
+                error = e
+            agree(error)  # also the barrier: nobody writes before the directory exists
+            try:
+                part = write(temp, prepared)
+            except BaseException as e:
+                error = e
+            agree(error)  # every process's files are durable (or none commits)
+            parts = distributed.gather("parts", part)
+            if primary:
+                with AtomicFile(temp / MANIFEST) as f:
+                    write_all(f.fd, manifest(parts).encode())
+                fsync_directory(temp)
+                commit(temp, path, overwrite)
+        except BaseException as e:
+            error = e
+        finally:
+            if primary and temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+    agree(error)

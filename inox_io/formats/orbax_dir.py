@@ -35,29 +35,25 @@ from __future__ import annotations
 __all__ = ["OrbaxDirectoryFormat", "OrbaxReader", "orbax_name"]
 
 import concurrent.futures
-import contextlib
 import errno
 import jax
 import math
 import numpy as np
 import os
 import re
-import secrets
-import shutil
 
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 from .. import distributed
-from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, open_regular, read_regular, save_error, temporary_path, write_all
+from ..atomic import open_regular, read_regular, save_error
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
 from .checksums import Checksums, crc32
-from .directory_commit import commit, guarded
+from .directory_commit import MANIFEST, save_directory
 from .interface import Format, Reader, Target
 from .transfer import host_bytes, place
 
-MANIFEST = "manifest.json"
 ARRAYS = "arrays"
 
 #: Dtypes that tensorstore cannot store, and how they are stored instead (as uint8):
@@ -183,7 +179,6 @@ class OrbaxDirectoryFormat(Format):
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
-        check_target(path, overwrite)  # on every process, before any collective: all fail alike
         # A checksum needs the whole array: only a save in one process holds them all.
         # Across processes, each holds some shards only, and gathering them would defeat
         # this format's purpose: no checksums (null) there.
@@ -193,43 +188,13 @@ class OrbaxDirectoryFormat(Format):
         # Said in the manifest, so that readers tell this null from a crafted one.
         manifest.no_checksums = None if single else f"saved by {jax.process_count()} processes, none holding every array whole"
 
-        with contextlib.ExitStack() as held:
-            self.write_guarded(path, manifest, arrays, overwrite, single, held)
-
-    def write_guarded(
-        self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], overwrite: bool, single: bool, held: contextlib.ExitStack
-    ) -> None:
-        r"""The save, process 0 holding the folder's save lock (:func:`guarded`, in
-        :py:`held`) from before its temporary exists until it is committed or removed."""
-
-        import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
-
-        primary = distributed.is_primary()
-        temp = shared_temporary_path(path)
-        error: BaseException | None = None
-        items: Dict[str, Any] = {}
-        try:
-            if primary:
-                held.enter_context(guarded(path))
-                temp.mkdir()
+        def prepare() -> Dict[str, Any]:
             # Orbax refuses empty arrays; the manifest alone describes them.
-            items = {
-                orbax_name(key): to_orbax(manifest.arrays[key], x)
-                for key, x in arrays.items()
-                if not empty(manifest.arrays[key])
-            }
-        except Exception as e:
-            error = e
-        # Also the barrier: nobody writes before the directory exists, and no process
-        # enters orbax's collective save that another would not reach.
-        try:
-            distributed.agree(path, storage_failure(error, path))
-        except BaseException:
-            if primary and temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
-            raise
+            return {orbax_name(key): to_orbax(manifest.arrays[key], x) for key, x in arrays.items() if not empty(manifest.arrays[key])}
 
-        try:
+        def write(temp: Path, items: Dict[str, Any]) -> None:
+            import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
+
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inox_io-crc32") as pool:
                 # Checksummed in a thread (crc32 releases the GIL) while orbax writes.
                 crcs = pool.submit(checksums, manifest, arrays) if single else None
@@ -243,23 +208,8 @@ class OrbaxDirectoryFormat(Format):
                 if crcs is not None:
                     for key, value in crcs.result().items():
                         manifest.arrays[key].crc32 = value
-        except BaseException as e:
-            error = e
-        try:
-            # Every process's shards are written (or none commits) before the manifest.
-            distributed.agree(path, storage_failure(error, path))
-            if primary:
-                with AtomicFile(temp / MANIFEST) as f:
-                    write_all(f.fd, manifest.to_json().encode())
-                fsync_directory(temp)
-                commit(temp, path, overwrite)
-            error = None
-        except BaseException as e:
-            error = e
-        finally:
-            if primary and temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
-        distributed.agree(path, storage_failure(error, path))
+
+        save_directory(path, overwrite, prepare=prepare, write=write, manifest=lambda parts: manifest.to_json(), failure=storage_failure)
 
     def open(self, path: Path) -> OrbaxReader:
         return OrbaxReader(path)
@@ -282,31 +232,6 @@ def shielded(write: Callable[[], Any]) -> None:
     if interrupted is not None:
         raise interrupted
     future.result()
-
-
-def check_target(path: Path, overwrite: bool) -> None:
-    r"""Refuses targets that cannot or must not be replaced."""
-
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such directory")
-    if not os.path.lexists(path) or (path.is_dir() and not any(path.iterdir())):
-        return  # an empty directory holds nothing to lose (e.g. from tempfile.mkdtemp)
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    if not (path / MANIFEST).is_file():
-        # overwrite=True must never wipe a directory that is not a checkpoint
-        raise FileExistsError(
-            f"{path} exists and is not an inox_io checkpoint directory; refusing to replace it"
-        )
-
-
-def shared_temporary_path(path: Path) -> Path:
-    r"""A temporary name beside :py:`path`, the same on every process."""
-
-    if jax.process_count() == 1:
-        return temporary_path(path)
-    pid, token = distributed.broadcast("temporary", [os.getpid(), secrets.token_hex(4)])
-    return path.with_name(f"{TEMP_PREFIX}{path.name}.{pid}.{token}")
 
 
 def runtime_barriers() -> Any:

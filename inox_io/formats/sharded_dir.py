@@ -39,7 +39,6 @@ from __future__ import annotations
 __all__ = ["ShardedDirectoryFormat", "ShardedReader", "READS", "CHUNK_BYTES", "LAYOUT"]
 
 import collections.abc
-import contextlib
 import dataclasses
 import functools
 import jax
@@ -48,22 +47,20 @@ import math
 import numpy as np
 import os
 import re
-import shutil
 import threading
 
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .. import distributed
-from ..atomic import MAX_BUFFERS, AtomicFile, fsync_directory, open_regular, read_regular, write_all
+from ..atomic import MAX_BUFFERS, open_regular, read_regular
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
 from .checksums import Checksums
 from .interface import Format, Reader, Target
-from .directory_commit import commit, guarded
-from .orbax_dir import MANIFEST, check_target, shared_temporary_path
+from .directory_commit import MANIFEST, save_directory
 from .payload import READ_CHUNK_BYTES, aligned_empty, preadv_all, write_payload_file
-from .transfer import host_bytes, place, place_all
+from .transfer import host_bytes, place_all
 
 try:  # zlib's crc32_combine, which Python's zlib does not expose
     from zlib_ng.zlib_ng import crc32_combine
@@ -360,63 +357,25 @@ class ShardedDirectoryFormat(Format):
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
-        check_target(path, overwrite)  # on every process: all fail alike
-        with contextlib.ExitStack() as held:
-            self.write_guarded(path, manifest, arrays, overwrite, held)
-
-    def write_guarded(self, path: Path, manifest: Manifest, arrays: Mapping[str, Any], overwrite: bool, held: contextlib.ExitStack) -> None:
-        r"""The save, process 0 holding the folder's save lock (:func:`guarded`, in
-        :py:`held`) from before its temporary exists until it is committed or removed."""
-
-        primary = distributed.is_primary()
-        temp = shared_temporary_path(path)
-        error: BaseException | None = None
-        pieces: List[Piece] = []
-        try:
-            if primary:
-                held.enter_context(guarded(path))
-                temp.mkdir()
-            pieces = plan(manifest, arrays)
-        except Exception as e:
-            error = e
-        try:
-            distributed.agree(path, error)  # also the barrier: nobody writes before the directory exists
-        except BaseException:
-            if primary and temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
-            raise
-
         name = file_name(jax.process_index(), jax.process_count())
-        entries: List[Tuple[str, Dict[str, Any]]] = []
-        try:
-            if pieces:
-                written = write_pieces(temp / name, pieces)  # fsynced, as is its directory entry
-                entries = [(p.key, {"file": name, **e}) for p, e in zip(pieces, written)]
-        except BaseException as e:
-            error = e
-        try:
-            # Every process's data file is durable (or none commits) before the manifest.
-            distributed.agree(path, error)
-            everyone = distributed.gather("shards", entries)
-            if primary:
-                shards: Dict[str, List[Dict[str, Any]]] = {key: [] for key in manifest.arrays}
-                for process in everyone:
-                    for key, entry in process:
-                        shards[key].append(entry)
-                for key, info in manifest.arrays.items():
-                    shards[key].sort(key=lambda e: e["index"])
-                    info.crc32 = whole_crc(info, shards[key]) if shards[key] else f"{0:08x}"  # no bytes
-                with AtomicFile(temp / MANIFEST) as f:
-                    write_all(f.fd, manifest_text(manifest, shards).encode())
-                fsync_directory(temp)
-                commit(temp, path, overwrite)
-            error = None
-        except BaseException as e:
-            error = e
-        finally:
-            if primary and temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
-        distributed.agree(path, error)
+
+        def write(temp: Path, pieces: List[Piece]) -> List[Tuple[str, Dict[str, Any]]]:
+            if not pieces:
+                return []
+            written = write_pieces(temp / name, pieces)  # fsynced, as is its directory entry
+            return [(p.key, {"file": name, **e}) for p, e in zip(pieces, written)]
+
+        def manifest_of(everyone: Sequence[List[Tuple[str, Dict[str, Any]]]]) -> str:
+            shards: Dict[str, List[Dict[str, Any]]] = {key: [] for key in manifest.arrays}
+            for process in everyone:
+                for key, entry in process:
+                    shards[key].append(entry)
+            for key, info in manifest.arrays.items():
+                shards[key].sort(key=lambda e: e["index"])
+                info.crc32 = whole_crc(info, shards[key]) if shards[key] else f"{0:08x}"  # no bytes
+            return manifest_text(manifest, shards)
+
+        save_directory(path, overwrite, prepare=lambda: plan(manifest, arrays), write=write, manifest=manifest_of)
         # Committed: every process returns the manifest written.
         for info, crc in zip(manifest.arrays.values(), distributed.broadcast("crc32", [i.crc32 for i in manifest.arrays.values()])):
             info.crc32 = crc

@@ -20,7 +20,6 @@ from __future__ import annotations
 __all__ = ["PreemptionWatcher"]
 
 import jax
-import os
 import signal
 import threading
 
