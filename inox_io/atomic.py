@@ -359,6 +359,34 @@ def read_regular(path: str | os.PathLike, limit: int, *, dir_fd: int | None = No
         syscalls.close(fd)
 
 
+#: How many times in a row a reader may find its checkpoint replaced (saves in a loop)
+#: before it gives up.
+MAX_REPLACEMENTS = 8
+
+
+def replaced(path: str | os.PathLike, status: os.stat_result) -> bool:
+    r"""Whether :py:`path` is no longer the file or directory :py:`status` describes
+    (an overwrite committed since it was opened, or it is gone).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / 'index.json'
+        >>> _ = path.write_text('{}')
+        >>> status = os.stat(path)
+        >>> replaced(path, status)
+        False
+        >>> _ = (path.parent / 'new').write_text('{}'); os.replace(path.parent / 'new', path)
+        >>> replaced(path, status)
+        True
+    """
+
+    try:
+        now = os.stat(path)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino)
+
+
 def fsync_directory(path: str | os.PathLike) -> None:
     r"""Makes the entries of a directory (a rename, a new file) durable."""
 

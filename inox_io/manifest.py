@@ -165,6 +165,25 @@ class Manifest:
         below = {path: len(descendants(keys, path + ".value")) for path in {tie.path for tie in self.ties}}
         return len(self.arrays) + len(self.aliases) + sum(len(t.aliases) * below[t.path] for t in self.ties)
 
+    def reads_as(self, other: Manifest) -> bool:
+        r"""Whether :py:`other` describes the same arrays and ties (not checksums,
+        statics or metadata): what was asked of this checkpoint fits the other (a
+        replacement of it found while reading).
+
+        Example:
+            >>> m = Manifest({'.w': ArrayInfo('float32', (2,), 8, crc32='0000abcd')})
+            >>> m.reads_as(Manifest({'.w': ArrayInfo('float32', (2,), 8, crc32='1234abcd')}))
+            True
+            >>> m.reads_as(Manifest({'.w': ArrayInfo('float32', (3,), 12)}))
+            False
+        """
+
+        def described(m: Manifest) -> Any:
+            arrays = [(key, i.dtype, i.shape, i.nbytes, i.key_impl) for key, i in m.arrays.items()]
+            return arrays, m.ties, m.aliases
+
+        return described(self) == described(other)
+
     def saved_bytes(self) -> int:
         r"""The bytes that storing each shared array once saved."""
 

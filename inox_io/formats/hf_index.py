@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import jax
 
-from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, save_error, save_guard, write_all
+from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, replaced, save_error, save_guard, write_all
 from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
 from .interface import Format, Reader, Target
@@ -208,17 +208,6 @@ def _read_index(path: Path) -> Tuple[Dict[str, Any], os.stat_result]:
         if not valid:
             raise CheckpointError(path, f"shard {shard!r}: not a valid file name", key=key)
     return index, status
-
-
-def replaced(path: Path, status: os.stat_result) -> bool:
-    r"""Whether :py:`path` is no longer the file :py:`status` describes (an overwrite
-    committed meanwhile)."""
-
-    try:
-        now = os.stat(path)
-    except OSError:
-        return True
-    return (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino)
 
 
 class IndexReader(Reader):

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 from .. import distributed
-from ..atomic import open_regular, read_regular, save_error
+from ..atomic import MAX_REPLACEMENTS, open_regular, read_regular, replaced, save_error
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
 from .checksums import Checksums, crc32
@@ -287,14 +287,6 @@ def storage_failure(error: BaseException | None, path: Path) -> BaseException | 
     return error
 
 
-def describe(manifest: Manifest) -> Any:
-    r"""What a read asked of a checkpoint depends on: its arrays' descriptions and its
-    ties (not their checksums, statics or metadata)."""
-
-    arrays = [(key, i.dtype, i.shape, i.nbytes, i.key_impl) for key, i in manifest.arrays.items()]
-    return arrays, manifest.ties, manifest.aliases
-
-
 def reason(e: BaseException) -> str:
     r"""What failed, in one line: orbax wraps tensorstore's error, which says it, in one
     that dumps the whole tensorstore spec."""
@@ -309,7 +301,7 @@ class OrbaxReader(Reader):
 
     A checkpoint replaced while it is read (an overwrite swapping directories) is
     noticed: the directory at the path is no longer the one opened. The read is then
-    made again, once, from the new checkpoint, so that a reader gets the old one or the
+    made again from the new checkpoint, so that a reader gets the old one or the
     new one, never a false damage report (old manifest, new arrays).
     """
 
@@ -345,39 +337,34 @@ class OrbaxReader(Reader):
         self._stored: Dict[str, Any] | None = None
         self._files_checked = False
 
-    def replaced(self) -> bool:
-        r"""Whether the directory at the path is no longer the one opened."""
-
-        try:
-            now = os.stat(self.path)
-        except OSError:
-            return True
-        return (now.st_dev, now.st_ino) != (self.status.st_dev, self.status.st_ino)
-
     def consistently(self, read: Callable[[], Any]) -> Any:
         r"""Runs :py:`read`; if the checkpoint was replaced meanwhile (whatever came of
-        the read: mixed arrays may even pass), opens the new one and runs it again, once.
+        the read: mixed arrays may even pass), opens the new one and runs it again, as
+        long as saves keep replacing it (each replacement is a whole checkpoint, so a
+        writer saving in a loop delays a reader, never misleads it).
 
         Raises:
             CheckpointError: if the new checkpoint describes other arrays or ties than
-                the one opened (what was asked of it may not fit): read it again.
+                the one opened (what was asked of it may not fit): read it again; or if
+                it was replaced during each of :py:`MAX_REPLACEMENTS` reads.
         """
 
-        try:
-            out = read()
-        except CheckpointError:
-            if not self.replaced():
-                raise
-        else:
-            if not self.replaced():
-                return out
-        before = self.manifest
-        self.open()
-        if describe(self.manifest) != describe(before):
-            raise CheckpointError(
-                self.path, "replaced by a checkpoint of other arrays or ties while it was read; read it again"
-            )
-        return read()
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                out = read()
+            except CheckpointError:
+                if not replaced(self.path, self.status):
+                    raise
+            else:
+                if not replaced(self.path, self.status):
+                    return out
+            before = self.manifest
+            self.open()
+            if not self.manifest.reads_as(before):
+                raise CheckpointError(
+                    self.path, "replaced by a checkpoint of other arrays or ties while it was read; read it again"
+                )
+        raise CheckpointError(self.path, f"replaced during each of {MAX_REPLACEMENTS} reads in a row; read it again")
 
     def check_files(self) -> None:
         r"""Refuses an ``arrays/`` holding anything but directories and regular files (a

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .. import distributed
-from ..atomic import MAX_BUFFERS, open_regular, read_regular
+from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, open_regular, read_regular, replaced
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
 from .checksums import Checksums
@@ -392,17 +392,21 @@ _cache_lock = threading.Lock()
 _cache: Dict[Path, Tuple[Tuple[int, ...], bytes, Any]] = {}
 
 
-def read_manifest(path: Path) -> Tuple[bytes, Any]:
+def read_manifest(path: Path, dir_fd: int | None = None) -> Tuple[bytes, Any]:
     r"""The text of a directory's manifest and its JSON value (None if it is not valid
     JSON), parsed once per version of the file: telling the layout (:func:`layout_of`)
-    and opening the directory share the parse.
+    and opening the directory share the parse. With :py:`dir_fd`, the manifest of
+    that open directory (:py:`path` names it in messages).
 
     Raises:
         CheckpointError: if the manifest is missing, not a regular file or too large.
     """
 
     try:
-        text, st = read_regular(path / MANIFEST, MAX_MANIFEST_BYTES)
+        if dir_fd is None:
+            text, st = read_regular(path / MANIFEST, MAX_MANIFEST_BYTES)
+        else:
+            text, st = read_regular(MANIFEST, MAX_MANIFEST_BYTES, dir_fd=dir_fd)
     except FileNotFoundError:
         raise CheckpointError(path, f"no {MANIFEST}: not an inox_io checkpoint, or an unfinished save") from None
     version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -529,6 +533,9 @@ class Plan:
     verification, the ranges are whole chunks, each checked once per load."""
 
     def __init__(self, reader: ShardedReader, verify: bool):
+        # The files opened before any read is planned: opening them may find the
+        # checkpoint replaced, and then reads follow the new manifest's shards.
+        reader.files()
         self.reader, self.verify = reader, verify
         self.direct: List[Read] = []
         #: (key, shard, begin, stop) -> the (target, inner box, buffer) it fills
@@ -625,30 +632,73 @@ def host_only(info: ArrayInfo) -> bool:
 
 
 class ShardedReader(Reader):
-    r"""An open sharded directory: its manifest checked, its data files open."""
+    r"""An open sharded directory: its manifest checked; its data files opened by the
+    first read (:func:`inox_io.inspect` needs the manifest alone).
+
+    The data files are opened from the directory whose manifest was read, so that an
+    overwrite swapping directories meanwhile cannot pair the old manifest with new
+    files; if it removed the old files before they were opened, the new checkpoint,
+    whole, is read instead.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)")
-        text, data = read_manifest(self.path)
-        self.manifest = Manifest.from_json(text, source=str(self.path))
-        self.chunk, self.shards = parse_shards(self.path, self.manifest, data)
-        self.exact = {key: {s.box: s for s in shards} for key, shards in self.shards.items() if len(shards) > 1}
+        self.folder: int | None = None  #: the open directory
         self.fds: Dict[str, int] | None = None  # opened by the first read
+        self.open()
+
+    def open(self) -> None:
+        r"""Opens the directory at the path and reads its manifest."""
+
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            folder = os.open(self.path, flags)
+        except NotADirectoryError:
+            raise CheckpointError(self.path, "not a directory (a checkpoint directory expected)") from None
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise CheckpointError(self.path, f"cannot be opened ({e})") from None
+        try:
+            self.status = os.fstat(folder)
+            text, data = read_manifest(self.path, folder)
+            self.manifest = Manifest.from_json(text, source=str(self.path))
+            self.chunk, self.shards = parse_shards(self.path, self.manifest, data)
+        except BaseException:
+            os.close(folder)
+            raise
+        self.close()
+        self.folder = folder
+        self.exact = {key: {s.box: s for s in shards} for key, shards in self.shards.items() if len(shards) > 1}
 
     def files(self) -> Dict[str, int]:
         r"""The descriptors of the data files, opened at the first read (regular files
-        only); refuses a file that is missing or too short for its shards."""
+        only); refuses a file that is missing or too short for its shards.
 
-        if self.fds is None:
+        Raises:
+            CheckpointError: also if the checkpoint was replaced by one of other arrays
+                or ties (what was asked of it may not fit: read it again), or during each
+                of :py:`MAX_REPLACEMENTS` opens.
+        """
+
+        if self.fds is not None:
+            return self.fds
+        for _ in range(MAX_REPLACEMENTS):
             self.fds = {}
             try:
                 self.open_files()
-            except BaseException:
-                self.close()
-                raise
-        return self.fds
+                return self.fds
+            except CheckpointError:
+                self.close_files()
+                if not replaced(self.path, self.status):
+                    raise
+            before = self.manifest
+            self.open()
+            if not self.manifest.reads_as(before):
+                raise CheckpointError(
+                    self.path, "replaced by a checkpoint of other arrays or ties while it was read; read it again"
+                )
+        raise CheckpointError(self.path, f"replaced during each of {MAX_REPLACEMENTS} opens in a row; read it again")
 
     def open_files(self) -> None:
         ends: Dict[str, Tuple[int, str]] = {}
@@ -657,17 +707,25 @@ class ShardedReader(Reader):
                 ends[s.file] = max(ends.get(s.file, (0, key)), (s.offset + s.nbytes, key))
         for name, (end, key) in sorted(ends.items()):
             try:
-                fd = self.fds[name] = open_regular(self.path / name)
+                fd = self.fds[name] = open_regular(name, dir_fd=self.folder)
             except FileNotFoundError:
                 raise CheckpointError(self.path, f"{name}: missing (the manifest lists shards in it)", key=key) from None
+            except CheckpointError as e:
+                raise CheckpointError(self.path, f"{name}: {e.message}", key=key) from None
             st = os.fstat(fd)
             if st.st_size < end:
                 raise CheckpointError(self.path, f"{name}: {st.st_size} bytes, shards up to byte {end} expected (truncated?)", key=key)
 
-    def close(self) -> None:
+    def close_files(self) -> None:
         fds, self.fds = self.fds or {}, None
         for fd in fds.values():
             os.close(fd)
+
+    def close(self) -> None:
+        self.close_files()
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            os.close(folder)
 
     def overlapping(self, key: str, target: Box) -> List[Shard]:
         r"""The stored shards of :py:`key` that a box overlaps."""
@@ -739,6 +797,7 @@ class ShardedReader(Reader):
         checks each chunk against its checksum."""
 
         problems: Dict[str, str] = {}
+        self.files()  # before the shards are listed (see Plan)
         for key in self.manifest.arrays if keys is None else keys:
             try:
                 for shard in self.shards[key]:

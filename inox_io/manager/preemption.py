@@ -6,6 +6,7 @@ and makes every process reach the same step). In one process, a ``SIGTERM`` hand
 installed by the first question, records the signal instead of dying of it.
 
 Example:
+    >>> import os, signal
     >>> watcher = PreemptionWatcher()
     >>> watcher.reached(10)
     False

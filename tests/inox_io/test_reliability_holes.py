@@ -195,9 +195,9 @@ def test_a_claim_of_no_checksums_is_believed_only_from_directories(tmp_path):
 SAVE_DIR = (
     "from inox_io.formats import format_named\n"
     "from inox_io.manifest import build\n"
-    "def save_dir(path, tree, overwrite=False):\n"
+    "def save_dir(path, tree, overwrite=False, layout='orbax'):\n"
     "    manifest, arrays = build(tree)\n"
-    "    format_named('orbax').write(path, manifest, arrays, overwrite=overwrite)\n"
+    "    format_named(layout).write(path, manifest, arrays, overwrite=overwrite)\n"
 )
 exec(SAVE_DIR)
 
@@ -316,18 +316,18 @@ def generation_tree(g: int):
     return {"a": np.full((4096,), g, np.float32), "b": np.full((64, 8), g, np.int32)}
 
 
-@pytest.mark.parametrize("layout", ["orbax", "index"])
+@pytest.mark.parametrize("layout", ["orbax", "sharded", "index"])
 def test_readers_during_overwrites_see_no_false_damage(tmp_path, layout):
     import subprocess
     import sys
 
-    path = tmp_path / ("ckpt" if layout == "orbax" else INDEX)
-    if layout == "orbax":
-        save, where = "save_dir", f"Path({str(path)!r}), tree"
-        save_dir(path, generation_tree(0))
-    else:
+    path = tmp_path / ("ckpt" if layout != "index" else INDEX)
+    if layout == "index":
         save, where = "inox_io.save", f"{str(path)!r}, tree, max_shard_size=8000"
         inox_io.save(path, generation_tree(0), max_shard_size=8000)
+    else:
+        save, where = "save_dir", f"Path({str(path)!r}), tree, layout={layout!r}"
+        save_dir(path, generation_tree(0), layout=layout)
     script = SAVE_DIR + (
         "import numpy as np, inox_io\n"
         "from pathlib import Path\n"
