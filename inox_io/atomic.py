@@ -375,7 +375,8 @@ def replaced(path: str | os.PathLike, status: os.stat_result) -> bool:
         >>> status = os.stat(path)
         >>> replaced(path, status)
         False
-        >>> _ = (path.parent / 'new').write_text('{}'); os.replace(path.parent / 'new', path)
+        >>> _ = (path.parent / 'new').write_text('{}')
+        >>> syscalls.replace(path.parent / 'new', path)
         >>> replaced(path, status)
         True
     """
