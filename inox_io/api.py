@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = ["save", "load", "inspect", "verify", "convert", "abstract"]
 
-import collections.abc
 import contextlib
 import gc
 import jax
@@ -18,7 +17,7 @@ from inox.tree import mask, unmask
 
 from .errors import damage_error
 from .fit import Shardings, fit
-from .formats import Reader, format_for, format_named, open_checkpoint, write_options
+from .formats import Reader, format_of, open_checkpoint, write_options
 from .manifest import Manifest, build
 from .names import Keep, Names, Transforms, name_arrays
 
@@ -114,13 +113,7 @@ def save(
     """
 
     path = Path(path)
-    fmt = format_for(path)
-    if format is not None:
-        chosen = format_named(format)
-        # Among the formats of such paths only, so that the path reads back as written.
-        if chosen.suffix != fmt.suffix:
-            raise ValueError(f"{path}: format {format!r} writes {chosen.description}, not such paths")
-        fmt = chosen
+    fmt = format_of(path, format)
     options = write_options(fmt, path, max_shard_size=max_shard_size)
     with _paused_gc():
         manifest, arrays = build(tree, metadata)
@@ -131,23 +124,28 @@ def save(
 
 def load(
     path: str | os.PathLike,
-    like: PyTree,
+    like: PyTree | None = None,
     *,
     strict: bool = True,
     verify: bool = True,
     shardings: Shardings = None,
     names: Names | None = None,
     transforms: Transforms | None = None,
+    statics: str = "like",
 ) -> PyTree:
     r"""Loads a checkpoint into the structure of :py:`like`.
 
     The result has the structure and non-array leaves of :py:`like` and the arrays of
-    the file; every tied position holds the same array object.
+    the file; every tied position holds the same array object. Without :py:`like`, it
+    is a flat dictionary of every position the file knows: its stored keys and the
+    aliases of its ties (a tie's positions hold one array object), and its JSON leaves;
+    a ``like`` is what rebuilds modules.
 
     Arguments:
         path: The checkpoint's path.
         like: A tree of the same structure, with concrete or abstract
-            (:class:`jax.ShapeDtypeStruct`) arrays; see :func:`abstract`.
+            (:class:`jax.ShapeDtypeStruct`) arrays; see :func:`abstract`. An abstract
+            array where the file holds a number takes the file's number.
         strict: Whether missing, unexpected or mismatched arrays and ties are errors.
             When false, they are reported in a warning, and positions that could not be
             loaded keep the leaf of :py:`like`.
@@ -160,6 +158,9 @@ def load(
             ties come from :py:`like` (see ``docs/interop.md``).
         transforms: :py:`{pattern_or_predicate: (to_file, from_file)}`, by stored name:
             :py:`from_file` maps a stored (NumPy) array on its way in.
+        statics: Where the non-array leaves (hyper-parameters, counters, names) come
+            from when the file's and :py:`like`'s differ: ``"like"`` (with a warning
+            naming each) or ``"file"`` (the file's JSON values).
 
     Raises:
         CheckpointError: if the file is damaged or does not fit :py:`like`, naming every
@@ -170,15 +171,19 @@ def load(
         >>> path = tempfile.mkdtemp() + '/tree.msgpack'
         >>> w = jnp.arange(3.0)
         >>> _ = save(path, {'a': w, 'act': 'relu'})
-        >>> load(path, {'a': jax.ShapeDtypeStruct((3,), jnp.float32), 'act': 'gelu'})
-        {'a': Array([0., 1., 2.], dtype=float32), 'act': 'gelu'}
+        >>> load(path, {'a': jax.ShapeDtypeStruct((3,), jnp.float32), 'act': 'relu'})
+        {'a': Array([0., 1., 2.], dtype=float32), 'act': 'relu'}
+        >>> load(path, {'a': w, 'act': 'gelu'}, statics='file')['act']
+        'relu'
+        >>> load(path)
+        {"['a']": Array([0., 1., 2.], dtype=float32), "['act']": 'relu'}
     """
 
     with _paused_gc(), open_checkpoint(path) as reader:
         found = fit(reader, like, names=names, transforms=transforms)
-        found.report(strict=strict, stacklevel=2)
+        found.report(strict=strict, stacklevel=2, statics=statics)
         arrays = reader.load(found.targets(shardings), verify=verify)
-    return found.rebuild(arrays)
+    return found.rebuild(arrays, statics)
 
 
 def inspect(path: str | os.PathLike) -> Manifest:
@@ -208,32 +213,6 @@ def _verify_all(reader: Reader, progress: Progress | None) -> Dict[str, str]:
         done += info.nbytes
         progress("verify", done, total)
     return problems
-
-
-class _Reporting(collections.abc.Mapping):
-    r"""The arrays handed to a writer, reporting the bytes written so far.
-
-    Writers ask for one array at a time, so when one is asked for, those asked for
-    before are written.
-    """
-
-    def __init__(self, arrays: Mapping[str, Any], manifest: Manifest, progress: Progress):
-        self.arrays, self.manifest, self.progress = arrays, manifest, progress
-        self.asked: set = set()
-        self.done = 0
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.asked:
-            self.progress("write", self.done, self.manifest.nbytes)
-            self.asked.add(key)
-            self.done += self.manifest.arrays[key].nbytes
-        return self.arrays[key]
-
-    def __iter__(self):
-        return iter(self.arrays)
-
-    def __len__(self) -> int:
-        return len(self.arrays)
 
 
 def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Manifest:
@@ -274,13 +253,16 @@ def convert(
     progress: Progress | None = None,
     names: Names | None = None,
     keep: Keep | None = None,
+    format: str | None = None,
 ) -> Manifest:
     r"""Converts a checkpoint to another format, manifest (ties, metadata) kept.
 
     The source is verified first, so damage is never copied. :py:`progress`, if given,
     is called as :py:`progress(stage, done, total)` through the "verify" then the
-    "write" stage. With :py:`names` (and :py:`keep`), the arrays are renamed as
-    :func:`save` does, e.g. for PyTorch (``inox-io convert --names torch``).
+    "write" stage, as the bytes are written. With :py:`names` (and :py:`keep`), the
+    arrays are renamed as :func:`save` does, e.g. for PyTorch (``inox-io convert
+    --names torch``). :py:`format` chooses among the formats of :py:`dst` as in
+    :func:`save` (``"orbax"`` for a directory).
 
     Example:
         >>> import tempfile
@@ -291,7 +273,7 @@ def convert(
     """
 
     dst = Path(dst)
-    fmt = format_for(dst)
+    fmt = format_of(dst, format)
     with open_checkpoint(src) as reader:
         problems = _verify_all(reader, progress)
         if problems:
@@ -299,9 +281,13 @@ def convert(
         manifest = reader.manifest
         arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
         manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+
+        def wrote(done: int) -> None:
+            progress("write", done, manifest.nbytes)
+
         if progress is not None:
-            arrays = _Reporting(arrays, manifest, progress)
-        fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra)
+            progress("write", 0, manifest.nbytes)
+        fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra, progress=None if progress is None else wrote)
         if progress is not None:
             progress("write", manifest.nbytes, manifest.nbytes)
     return manifest

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["Shardings", "Fit", "fit", "leaf_description"]
+__all__ = ["Shardings", "STATICS", "Fit", "fit", "abstract_leaf", "leaf_description"]
 
 import dataclasses
 import jax
@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 from inox.tree import Static, combine, unmask
 
 from . import keypath
-from .dtypes import NAMES, is_key_dtype
+from .dtypes import DTYPES, NAMES, is_key_dtype
 from .errors import CheckpointError
 from .formats import Reader, Target
 from .manifest import ArrayInfo, Manifest, structure_statics, structure_ties, tree_arrays
@@ -41,6 +41,9 @@ PyTree = Any
 #: like the ``like``, or a function :py:`(path, leaf) -> sharding`; None for the
 #: shardings of the ``like`` leaves (else the default device).
 Shardings = jax.sharding.Sharding | PyTree | Callable[[str, Any], jax.sharding.Sharding | None] | None
+
+#: Where the non-array leaves of a load come from when the file's and the like's differ.
+STATICS = ("like", "file")
 
 
 def leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
@@ -54,6 +57,23 @@ def leaf_description(leaf: Any) -> Tuple[str, Tuple[int, ...]]:
     dtype = leaf.dtype
     name = NAMES.get(dtype) or (str(dtype) if is_key_dtype(dtype) else jax.numpy.dtype(dtype).name)
     return name, tuple(leaf.shape)
+
+
+def abstract_leaf(info: ArrayInfo) -> jax.ShapeDtypeStruct:
+    r"""The :class:`jax.ShapeDtypeStruct` of a stored array, PRNG keys included.
+
+    Example:
+        >>> abstract_leaf(ArrayInfo('bfloat16', (2,), 4))
+        ShapeDtypeStruct(shape=(2,), dtype=bfloat16)
+        >>> abstract_leaf(ArrayInfo('key<fry>', (3,), 24, None, 'threefry2x32')).dtype
+        key<fry>
+    """
+
+    if info.key_impl:
+        dtype = jax.eval_shape(lambda: jax.random.key(0, impl=info.key_impl)).dtype
+    else:
+        dtype = DTYPES[info.dtype]
+    return jax.ShapeDtypeStruct(info.shape, dtype)
 
 
 def _describe(info: ArrayInfo) -> str:
@@ -74,14 +94,21 @@ class Fit:
     transforms: Dict[str, Callable[[Any], Any]]  #: by stored key, ``from_file``
     problems: List[str]  #: what does not fit, one line each
     unexpected: List[str]  #: stored keys that no position of ``like`` takes
-    statics: List[str]  #: non-array leaves whose values differ between file and ``like``
+    #: The file's values of the non-array leaves that differ from ``like``'s, by position.
+    statics: Dict[str, Any]
+    #: Positions where ``like`` has an abstract array and the file a JSON value, by position.
+    static_arrays: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def report(self, *, strict: bool, stacklevel: int) -> None:
+    def report(self, *, strict: bool, stacklevel: int, statics: str = "like") -> None:
         r"""Raises (strict) or warns about what does not fit; warns about differing
-        non-array leaves, which come from ``like``.
+        non-array leaves when they come from ``like`` (:py:`statics`, one of
+        :data:`STATICS`).
 
         :py:`stacklevel` counts from the caller of this method, as for :func:`warnings.warn`.
         """
+
+        if statics not in STATICS:
+            raise ValueError(f"statics must be one of {', '.join(map(repr, STATICS))}, not {statics!r}")
 
         if strict:
             problems = self.problems + [f"{k}: in the file but not in like" for k in self.unexpected]
@@ -93,10 +120,13 @@ class Fit:
                 + "; ".join(self.problems + [f"{k}: in the file but not in like (ignored)" for k in self.unexpected]),
                 stacklevel=stacklevel + 1,
             )
-        if self.statics:
+        if self.statics and statics == "like":
+            wanted = structure_statics(self.treedef)
+            differences = [f"{key} is {value!r} in the checkpoint, {wanted[key]!r} in like" for key, value in self.statics.items()]
             warnings.warn(
-                f"{self.path}: non-array leaves come from like: {'; '.join(self.statics)}. "
-                "Save values that change (counters, positions) as arrays or as JSON items of a CheckpointManager.",
+                f"{self.path}: non-array leaves come from like: {'; '.join(differences)}. "
+                "Pass statics='file' to take the checkpoint's, or save values that change "
+                "(counters, positions) as arrays or as JSON items of a CheckpointManager.",
                 stacklevel=stacklevel + 1,
             )
 
@@ -128,18 +158,32 @@ class Fit:
             out[stored] = Target(sharding, self.transforms.get(stored))
         return out
 
-    def rebuild(self, arrays: Mapping[str, Any]) -> PyTree:
+    def rebuild(self, arrays: Mapping[str, Any], statics: str = "like") -> PyTree:
         r"""The ``like`` tree with the arrays read (by stored key) at the positions that
-        fit, and its own leaves elsewhere."""
+        fit, and its own leaves elsewhere; its non-array leaves, or the file's where
+        they differ if :py:`statics` is ``"file"``."""
 
         values = {}
         for key, leaf in self.like.items():
             stored = self.sources.get(key)
-            values[key] = arrays[stored[0]] if stored else leaf
-        return unmask(combine(self.treedef, values))
+            if stored:
+                values[key] = arrays[stored[0]]
+            elif key in self.static_arrays:
+                values[key] = jax.numpy.asarray(self.static_arrays[key], dtype=leaf.dtype)
+            else:
+                values[key] = leaf
+        tree = combine(self.treedef, values)
+        if statics == "file" and self.statics:
+
+            def from_file(path: Any, leaf: Any) -> Any:
+                key = jtu.keystr(path)
+                return type(leaf)(self.statics[key]) if isinstance(leaf, Static) and key in self.statics else leaf
+
+            tree = jtu.tree_map_with_path(from_file, tree, is_leaf=lambda x: isinstance(x, Static))
+        return unmask(tree)
 
 
-def fit(reader: Reader, like: PyTree, *, names: Names | None = None, transforms: Transforms | None = None) -> Fit:
+def fit(reader: Reader, like: PyTree | None, *, names: Names | None = None, transforms: Transforms | None = None) -> Fit:
     r"""Matches the arrays of an open checkpoint with the positions of :py:`like`.
 
     By stored key (:py:`names` None): each position of ``like`` takes the array the
@@ -147,9 +191,14 @@ def fit(reader: Reader, like: PyTree, *, names: Names | None = None, transforms:
     the same. By stored name: each array of ``like`` is looked up under
     :py:`names(position)` of any of its positions, in files written by other tools too
     (their safetensors ``__metadata__`` may map dropped names to kept ones, as
-    :func:`safetensors.torch.save_model` writes); the ties come from ``like``.
+    :func:`safetensors.torch.save_model` writes); the ties come from ``like``. Without
+    ``like``, every position of the file (see :func:`_fit_file`).
     """
 
+    if like is None:
+        if names is not None:
+            raise ValueError(f"{reader.path}: names need a like; without one, the file's own positions are loaded")
+        return _fit_file(reader, transforms)
     manifest = reader.manifest
     treedef, preserved = tree_arrays(like)
     # Manifest.positions() reads only the keys of the arrays: no ArrayInfo is needed.
@@ -172,18 +221,22 @@ def fit(reader: Reader, like: PyTree, *, names: Names | None = None, transforms:
             return ""
         return f" (as {stored})" if stored else f" (as {' or '.join(repr(n) for n in lookup)})"
 
-    missing, sources, used, chosen_transforms = [], {}, set(), {}
+    missing, sources, used, chosen_transforms, static_arrays = [], {}, set(), {}, {}
     for key, leaf in preserved.items():
         stored = list(dict.fromkeys(found[n] for n in lookups[key] if n in found))
         if not stored:
+            if isinstance(leaf, jax.ShapeDtypeStruct) and key in manifest.statics:
+                # An abstract like (jax.eval_shape) turns saved numbers into arrays.
+                problem = _static_problem(key, leaf, manifest.statics[key])
+                if problem is None:
+                    static_arrays[key] = manifest.statics[key]
+                else:
+                    problems.append(problem)
+                continue
             missing.append(f"{key}: missing from the file{found_as(lookups[key])}")
             continue
         used.update(stored)
-        info = manifest.arrays[stored[0]]
-        pair = find_transform(transforms, stored[0])
-        if pair is not None and not info.key_impl:
-            chosen_transforms[stored[0]] = pair[1]
-            info = transformed_info(info, pair[1])
+        info = _transformed(manifest.arrays[stored[0]], stored[0], transforms, chosen_transforms)
         for other in stored[1:]:
             if not _same_bytes(reader, stored[0], other, Target(transform=chosen_transforms.get(stored[0]))):
                 problems.append(f"{key}: tied in like, but the file holds {stored[0]} and {other} with different values")
@@ -204,7 +257,56 @@ def fit(reader: Reader, like: PyTree, *, names: Names | None = None, transforms:
         # A mismatched array is reported once, as such, not also as unexpected.
         unexpected=[key for key in manifest.arrays if key not in used],
         statics=_static_differences(manifest, treedef),
+        static_arrays=static_arrays,
     )
+
+
+def _fit_file(reader: Reader, transforms: Transforms | None) -> Fit:
+    r"""Every position of the file, as a flat ``like``: ``{position: array}`` for its
+    stored keys and the aliases of its ties (each alias reads its tie's array), and
+    ``{position: value}`` for its JSON leaves."""
+
+    manifest = reader.manifest
+    positions = manifest.positions()
+    like = {position: abstract_leaf(manifest.arrays[stored]) for position, stored in positions.items()}
+    like.update(manifest.statics)
+    treedef, preserved = tree_arrays(like)
+    own = {jtu.keystr((jtu.DictKey(position),)): position for position in positions}  # like's paths
+    chosen_transforms: Dict[str, Callable[[Any], Any]] = {}
+    for stored in manifest.arrays:
+        _transformed(manifest.arrays[stored], stored, transforms, chosen_transforms)
+    return Fit(
+        path=reader.path,
+        treedef=treedef,
+        like=preserved,
+        groups={key: [own[key]] for key in preserved},
+        sources={key: [positions[own[key]]] for key in preserved},
+        transforms=chosen_transforms,
+        problems=[],
+        unexpected=[],
+        statics={},
+    )
+
+
+def _transformed(info: ArrayInfo, stored: str, transforms: Transforms | None, chosen: Dict[str, Callable[[Any], Any]]) -> ArrayInfo:
+    r"""The description of a stored array once its ``from_file`` transform (recorded in
+    :py:`chosen`) is applied; PRNG keys are never transformed."""
+
+    pair = find_transform(transforms, stored)
+    if pair is None or info.key_impl:
+        return info
+    chosen[stored] = pair[1]
+    return transformed_info(info, pair[1])
+
+
+def _static_problem(key: str, leaf: jax.ShapeDtypeStruct, value: Any) -> str | None:
+    r"""Why a JSON value of the file cannot fill an abstract array of ``like``, if not."""
+
+    dtype, shape = leaf_description(leaf)
+    numbers = not is_key_dtype(leaf.dtype) and not isinstance(value, (str, dict))
+    if numbers and np.shape(value) == shape and np.asarray(value).dtype.kind in "biuf":
+        return None
+    return f"{key}: {dtype}{list(shape)} expected, the file holds the value {value!r} (not an array)"
 
 
 def _file_names(reader: Reader, names: Names) -> Dict[str, str]:
@@ -240,13 +342,13 @@ def _tie_problems(manifest: Manifest, like_treedef: jtu.PyTreeDef) -> List[str]:
     return problems
 
 
-def _static_differences(manifest: Manifest, like_treedef: jtu.PyTreeDef) -> List[str]:
+def _static_differences(manifest: Manifest, like_treedef: jtu.PyTreeDef) -> Dict[str, Any]:
     saved, wanted = manifest.statics, structure_statics(like_treedef)
-    return [
-        f"{key} is {saved[key]!r} in the checkpoint, {wanted[key]!r} in like"
+    return {
+        key: saved[key]
         for key in sorted(set(saved) & set(wanted))
         if type(saved[key]) is not type(wanted[key]) or saved[key] != wanted[key]
-    ]
+    }
 
 
 def _same_bytes(reader: Reader, a: str, b: str, target: Target) -> bool:
@@ -283,6 +385,8 @@ def _chooser(shardings: Shardings) -> Tuple[Callable[[str, Any], Any], Callable[
         leaf = leaf.value if isinstance(leaf, Static) else leaf
         if isinstance(leaf, jax.sharding.Sharding):
             keyed[jtu.keystr(path)] = leaf
+    if isinstance(shardings, Mapping):  # {position: sharding}, as a load without like returns
+        keyed.update((k, v) for k, v in shardings.items() if isinstance(k, str) and isinstance(v, jax.sharding.Sharding))
     # A tied Scope prunes its aliases from the shardings tree too: a missing position
     # has no opinion; like's sharding serves when no position has one.
     return (lambda position, leaf: keyed.get(position)), _target_sharding

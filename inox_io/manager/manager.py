@@ -513,7 +513,9 @@ class CheckpointManager:
         Returns every JSON item of the step, as saved, and every array item named in
         :py:`like`, loaded into the structure of its ``like`` tree with
         :func:`inox_io.load` (ties restored). Array items not in :py:`like` are not
-        read; a ``like`` given for a JSON item is ignored.
+        read; a ``like`` given for a JSON item is ignored. Without :py:`like`, every
+        array item is loaded as :func:`inox_io.load` loads a file without one: a flat
+        dictionary of its positions (a ``like`` is what rebuilds modules).
 
         Arguments:
             step: The step; the latest complete one if :py:`None`.
@@ -540,6 +542,7 @@ class CheckpointManager:
                 raise FileNotFoundError(f"{self.directory}: no complete checkpoint to restore")
         folder = self.step_directory(step)
         saved = self.metadata(step)["items"]
+        everything = like is None
         like = dict(like or {})
         unknown = sorted(set(like) - set(saved))
         if unknown:
@@ -549,10 +552,10 @@ class CheckpointManager:
         for name, entry in saved.items():
             if "json" in entry:
                 out[name] = entry["json"]
-            elif like.get(name) is not None:
+            elif everything or like.get(name) is not None:
                 path = folder / entry["file"]
                 try:
-                    out[name] = api.load(path, like[name], strict=strict, verify=verify, shardings=_item_shardings(shardings, name))
+                    out[name] = api.load(path, like.get(name), strict=strict, verify=verify, shardings=_item_shardings(shardings, name))
                 except FileNotFoundError:
                     if folder.exists():
                         raise

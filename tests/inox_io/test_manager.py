@@ -81,8 +81,13 @@ def test_save_restore_latest_and_specific(tmp_path):
         assert first["step"] == 1
         assert manager.metrics(2) == {"loss": 0.5}
 
-        # Array items not named in like are not read; JSON items always come back.
-        assert set(manager.restore(2)) == {"step", "data"}
+        # Array items not named in like are not read; JSON items always come back;
+        # without like, every item comes back (arrays by position).
+        assert set(manager.restore(2, like={})) == {"step", "data"}
+        everything = manager.restore(2)
+        assert set(everything) == {"w", "step", "data"}
+        np.testing.assert_array_equal(everything["w"][""], [2, 2, 2])  # a bare array is at the root, ''
+        assert everything["step"] == 2
         with pytest.raises(CheckpointError, match="no item.*nope"):
             manager.restore(like={"nope": jnp.zeros(3)})
         with pytest.raises(FileNotFoundError, match="no complete step 7"):
