@@ -43,7 +43,8 @@ def free_port() -> int:
 def run_job(processes: int, devices: int, case: str, args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     port = free_port()
-    extra = ["--case", case, "--size", args.size, "--dir", str(folder), "--reps", str(args.reps)] + (["--cold"] if args.cold else [])
+    extra = ["--case", case, "--size", args.size, "--dir", str(folder), "--reps", str(args.reps), "--methods", args.methods]
+    extra += ["--cold"] if args.cold else []
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "benchmarks.multiprocess_worker", str(i), str(processes), str(port), *extra],
@@ -64,7 +65,7 @@ def rows(result: Dict[str, Any]) -> List[List[str]]:
     times = result["times"]
     base = {op: statistics.median(times["raw"][op]) for op in ("save", "load", "reshard")}
     out = []
-    for m in METHODS:
+    for m in [m for m in METHODS if m in times]:
         cells = [m]
         for op in ("save", "load", "reshard"):
             t = statistics.median(times[m][op])
@@ -87,6 +88,15 @@ def markdown(results: Dict[str, Dict[str, Any]]) -> str:
         ]
         lines += ["| " + " | ".join(r) + " |" for r in rows(result)]
         lines.append("")
+        if "manager-sync" in result["times"] and "manager-async" in result["times"]:
+            sync = statistics.median(result["times"]["manager-sync"]["save"])
+            blocked = statistics.median(result["times"]["manager-async"]["save"])
+            written = statistics.median(result["times"]["manager-async"]["written"])
+            lines += [
+                f"CheckpointManager: an async save blocks {blocked:.3f} s, {100 * blocked / sync:.1f}% of a sync save "
+                f"({sync:.3f} s); its step is committed after {written:.3f} s.",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -96,6 +106,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     parser.add_argument("--cases", default="a,b,c")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="empty the page cache before each load (root)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
     args = parser.parse_args(argv)

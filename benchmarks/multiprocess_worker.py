@@ -9,7 +9,11 @@ sharded over every device of the job, with each method, and prints ``RESULT <jso
 Methods: ``raw`` (each process writes the distinct shards of its devices to a file of
 its own with ``writev`` and fsyncs it; reads it back with one ``readinto`` and places
 the shards), ``inox_io-sharded`` (the default directory layout), ``inox_io-orbax``
-(``format="orbax"``) and ``orbax`` (``StandardCheckpointer``, the tie written twice).
+(``format="orbax"``), ``orbax`` (``StandardCheckpointer``, the tie written twice), and
+``manager-sync`` / ``manager-async``: a step of an :class:`inox_io.CheckpointManager`
+holding the tree (sharded layout), saved with ``async_save`` off / on; for the async
+one, ``save`` is the time :meth:`~inox_io.CheckpointManager.save` blocks the caller and
+``written`` the time until the step is committed.
 ``load`` restores onto the save's shardings; ``reshard`` onto the devices in reverse
 order, grouped as a 2 x N mesh, each array split over all of them along the same axis.
 """
@@ -24,11 +28,11 @@ import sys
 import time
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from . import system
 
-METHODS = ["raw", "inox_io-sharded", "inox_io-orbax", "orbax"]
+METHODS = ["raw", "inox_io-sharded", "inox_io-orbax", "orbax", "manager-sync", "manager-async"]
 
 
 def io_read_bytes() -> int:
@@ -79,6 +83,22 @@ class Job:
     def path(self, method: str) -> Path:
         return self.folder / method
 
+    def saver(self, method: str) -> Tuple[Callable[[], Any], Callable[[], None]]:
+        r"""What to time for a save, and what finishes it (untimed, but for ``written``):
+        a manager is opened before and closed after."""
+
+        if not method.startswith("manager"):
+            return (lambda: self.save(method)), (lambda: None)
+        import inox_io
+
+        manager = inox_io.CheckpointManager(self.path(method), async_save=method == "manager-async")
+
+        def finish() -> None:
+            manager.wait_until_finished()
+            manager.close()
+
+        return (lambda: manager.save(0, {"model": self.tree}, force=True)), finish
+
     def save(self, method: str) -> None:
         import inox_io
 
@@ -104,6 +124,10 @@ class Job:
             return self.raw_load(path, sharding)
         if method.startswith("inox_io"):
             return self.jax.block_until_ready(inox_io.load(path, self.like.tree, shardings=lambda p, leaf: sharding(leaf)))
+        if method.startswith("manager"):
+            manager = inox_io.CheckpointManager(path, read_only=True)
+            restored = manager.restore(0, like={"model": self.like.tree}, shardings={"model": lambda p, leaf: sharding(leaf)})
+            return self.jax.block_until_ready(restored)
         import orbax.checkpoint as ocp
 
         targets = {k: self.jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x)) for k, x in self.like.flat.items()}
@@ -203,7 +227,7 @@ def main(argv: List[str] | None = None) -> None:
 
     job = Job(args.case, args.size, args.dir)
     methods = [m for m in METHODS if m in args.methods.split(",")]
-    times: Dict[str, Dict[str, List[float]]] = {m: {"save": [], "load": [], "reshard": []} for m in methods}
+    times: Dict[str, Dict[str, List[float]]] = {m: {"save": [], "written": [], "load": [], "reshard": []} for m in methods}
     reads: Dict[str, Dict[str, int]] = {}
 
     def timed(fn: Callable[[], Any]) -> float:
@@ -218,10 +242,15 @@ def main(argv: List[str] | None = None) -> None:
         for m in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
             if jax.process_index() == 0 and job.path(m).exists():
                 shutil.rmtree(job.path(m))
+            save, finish = job.saver(m)
             system.sync()
-            elapsed = timed(lambda: job.save(m))
+            start = time.perf_counter()
+            elapsed = timed(save)
+            finish()
+            written = max(distributed.gather("written", time.perf_counter() - start))
             if rep:
                 times[m]["save"].append(elapsed)
+                times[m]["written"].append(written)
         for op, sharding in (("load", job.choose), ("reshard", job.reshard)):
             for m in methods:
                 if args.cold and jax.process_index() == 0:
