@@ -20,12 +20,19 @@ from .hf_index import HFIndexFormat
 from .interface import Format, Reader, Target
 from .msgpack_file import MsgpackFormat
 from .orbax_dir import OrbaxDirectoryFormat
+from .orbax_native import OrbaxNativeFormat
 from .safetensors_file import SafetensorsFormat
 from .sharded_dir import ShardedDirectoryFormat
 
 # The directory formats come last: a '.safetensors' or '.msgpack' suffix always wins.
 # The sharded layout takes new directories and its own; orbax, those its manifest names.
-FORMATS: List[Format] = [SafetensorsFormat(), HFIndexFormat(), MsgpackFormat(), ShardedDirectoryFormat(), OrbaxDirectoryFormat()]
+# Directories that orbax itself wrote (orbax's files, no manifest) come before them,
+# which would take any directory as a new save's target; a directory with a manifest
+# keeps its inox_io layout.
+FORMATS: List[Format] = [
+    SafetensorsFormat(), HFIndexFormat(), MsgpackFormat(), OrbaxNativeFormat(), ShardedDirectoryFormat(),
+    OrbaxDirectoryFormat(),
+]  # fmt: skip
 
 
 def register(fmt: Format) -> None:
