@@ -62,7 +62,7 @@ def save(
     path: str | os.PathLike,
     tree: PyTree,
     *,
-    metadata: Mapping[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     names: Names | None = None,
     keep: Keep | None = None,
@@ -81,7 +81,9 @@ def save(
     Arguments:
         path: The checkpoint's path.
         tree: A tree of arrays (modules, dicts, lists, ...).
-        metadata: User metadata, string to string.
+        metadata: User metadata: names and JSON values (strings, numbers, booleans,
+            None, lists, dicts), kept in the manifest; exports with :py:`names`
+            also write the string values as plain safetensors ``__metadata__``.
         overwrite: Whether to replace an existing checkpoint.
         names: Stores each array under :py:`names(key_path)` instead of its key path,
             e.g. :func:`inox_io.torch_names`; a shared array is stored once, under the
@@ -107,9 +109,9 @@ def save(
     Example:
         >>> import tempfile
         >>> path = tempfile.mkdtemp() + '/tree.safetensors'
-        >>> manifest = save(path, {'w': jnp.ones(3), 'act': 'relu'}, metadata={'step': '10'})
+        >>> manifest = save(path, {'w': jnp.ones(3), 'act': 'relu'}, metadata={'step': 10})
         >>> list(manifest.arrays), manifest.metadata
-        (["['w']"], {'step': '10'})
+        (["['w']"], {'step': 10})
     """
 
     path = Path(path)

@@ -22,6 +22,7 @@ __all__ = [
     "TieInfo",
     "Manifest",
     "build",
+    "is_json",
     "tree_arrays",
     "structure_ties",
     "structure_statics",
@@ -126,7 +127,7 @@ class Manifest:
     ties: List[TieInfo] = dataclasses.field(default_factory=list)
     aliases: Dict[str, str] = dataclasses.field(default_factory=dict)  #: implicit sharing
     statics: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)  #: JSON values
     libraries: Dict[str, str] = dataclasses.field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
@@ -285,8 +286,6 @@ class Manifest:
             if not isinstance(key, str) or key not in arrays:
                 fail(f"implicit alias of {key!r}, which is not stored", key=alias)
         metadata = _expect(data, "metadata", dict, fail)
-        if not all(isinstance(v, str) for v in metadata.values()):
-            fail("metadata values must be strings")
         libraries = _expect(data, "libraries", dict, fail)
         statics = _expect(data, "statics", dict, fail)
 
@@ -478,6 +477,25 @@ def structure_statics(treedef: jtu.PyTreeDef) -> Dict[str, Any]:
     return dict(_structure(treedef)[1])
 
 
+def is_json(x: Any) -> bool:
+    r"""Whether :py:`x` is a JSON value that reads back equal and of the same types.
+
+    Exact types only: tuples would read back as lists, NumPy scalars as Python ones.
+
+    Example:
+        >>> is_json({'epoch': 2, 'files': ['a', 'b'], 'lr': 1e-3}), is_json((1, 2))
+        (True, False)
+    """
+
+    if x is None or type(x) in (bool, int, float, str):
+        return True
+    if type(x) is list:
+        return all(is_json(v) for v in x)
+    if type(x) is dict:
+        return all(type(k) is str and is_json(v) for k, v in x.items())
+    return False
+
+
 def _is_json(x: Any) -> bool:
     if x is None or isinstance(x, (bool, int, str)):
         return True
@@ -514,7 +532,7 @@ def library_versions() -> Dict[str, str]:
     }
 
 
-def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifest, Dict[str, Any]]:
+def build(tree: Any, metadata: Mapping[str, Any] | None = None) -> Tuple[Manifest, Dict[str, Any]]:
     r"""Builds the manifest of a tree and returns it with the arrays to store.
 
     The same array object at several positions without a :class:`inox.nn.Reference`
@@ -527,8 +545,8 @@ def build(tree: Any, metadata: Mapping[str, str] | None = None) -> Tuple[Manifes
 
     metadata = dict(metadata or {})
     for k, v in metadata.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"metadata must map str to str, found {k!r}: {v!r}")
+        if not isinstance(k, str) or not is_json(v):
+            raise TypeError(f"metadata must map str to JSON values (str, int, float, bool, None, lists, dicts), found {k!r}: {v!r}")
 
     treedef, positions = tree_arrays(tree)
     arrays: Dict[str, Any] = {}

@@ -279,7 +279,8 @@ def name_arrays(
         for key, value in manifest.metadata.items():
             if key in extra or key == FORMAT:
                 raise ValueError(f"metadata {key!r} clashes with the name of a dropped array or with {FORMAT!r}")
-            extra[key] = value
+            if isinstance(value, str):  # other tools read string metadata only; the manifest holds all
+                extra[key] = value
 
     fns = {key: pair[0] for key in source if (pair := find_transform(transforms, key))}
     for key, fn in fns.items():

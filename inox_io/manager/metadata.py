@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["METADATA_FILE", "ITEM_NAME", "is_json", "scalar_metrics", "step_metadata", "parse"]
+__all__ = ["METADATA_FILE", "ITEM_NAME", "scalar_metrics", "step_metadata", "parse"]
 
 import json
 import math
@@ -30,6 +30,7 @@ from typing import Any, Dict, Mapping
 from inox.tree import is_array
 
 from ..errors import CheckpointError
+from ..manifest import is_json
 
 METADATA_FILE = "_CHECKPOINT.json"  #: In each step directory, written last.
 
@@ -38,25 +39,6 @@ ITEM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 
 _KIND = "inox_io.checkpoint"
 _VERSION = 1
-
-
-def is_json(x: Any) -> bool:
-    r"""Whether :py:`x` is a JSON value that reads back equal and of the same types.
-
-    Exact types only: tuples would read back as lists, NumPy scalars as Python ones.
-
-    Example:
-        >>> is_json({'epoch': 2, 'files': ['a', 'b'], 'lr': 1e-3}), is_json((1, 2))
-        (True, False)
-    """
-
-    if x is None or type(x) in (bool, int, float, str):
-        return True
-    if type(x) is list:
-        return all(is_json(v) for v in x)
-    if type(x) is dict:
-        return all(type(k) is str and is_json(v) for k, v in x.items())
-    return False
 
 
 def scalar_metrics(metrics: Mapping[str, Any] | None) -> Dict[str, Any] | None:

@@ -25,8 +25,8 @@ from inox.tree import is_array
 
 from ..dtypes import is_key_dtype
 from ..formats import Format, format_named
-from ..manifest import Manifest, build
-from .metadata import ITEM_NAME, is_json
+from ..manifest import Manifest, build, is_json
+from .metadata import ITEM_NAME
 
 PyTree = Any
 

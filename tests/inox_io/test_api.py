@@ -242,15 +242,26 @@ def test_save_syncs_file_then_commits_then_syncs_directory(tmp_path, fmt, model,
 
 def test_metadata_round_trip(tmp_path, fmt, model):
     path = tmp_path / f"seed.{fmt}"
-    metadata = {"step": "1000", "note": "héllo, wörld", "empty": ""}
+    metadata = {"step": 1000, "note": "héllo, wörld", "empty": "", "lr": 0.5, "done": False, "none": None, "data": {"files": ["a"]}}
     assert inox_io.save(path, model, metadata=metadata).metadata == metadata
     assert inox_io.inspect(path).metadata == metadata
 
 
-@pytest.mark.parametrize("metadata", [{"step": 10}, {1: "a"}, {"a": None}])
-def test_metadata_must_be_strings(tmp_path, fmt, model, metadata):
+def test_string_metadata_stays_plain_safetensors_metadata(tmp_path, model):
+    from safetensors import safe_open
+
+    path = tmp_path / "export.safetensors"
+    inox_io.save(path, model, metadata={"step": 10, "note": "n"}, names=inox_io.torch_names)
+    with safe_open(path, "np") as f:
+        plain = f.metadata()
+    assert plain["note"] == "n" and "step" not in plain
+    assert inox_io.inspect(path).metadata == {"step": 10, "note": "n"}
+
+
+@pytest.mark.parametrize("metadata", [{1: "a"}, {"a": (1, 2)}, {"a": np.float32(1)}, {"a": {"b": jnp.ones(2)}}])
+def test_metadata_must_be_json(tmp_path, fmt, model, metadata):
     path = tmp_path / f"seed.{fmt}"
-    with pytest.raises(TypeError, match="metadata"):
+    with pytest.raises(TypeError, match="metadata must map str to JSON values"):
         inox_io.save(path, model, metadata=metadata)
     assert not path.exists()
 

@@ -522,7 +522,6 @@ MANIFEST_DAMAGE = {
     "arrays not a map": (lambda m: m.update(arrays=[]), "field 'arrays'"),
     "ties not a list": (lambda m: m.update(ties={}), "field 'ties'"),
     "statics missing": (lambda m: m.pop("statics"), "field 'statics'"),
-    "metadata not strings": (lambda m: m.update(metadata={"a": 1}), "metadata values must be strings"),
     "unknown dtype": (lambda m: m["arrays"][".l4.bias.value"].update(dtype="object"), r"\.l4\.bias\.value: manifest: unknown dtype"),
     "negative shape": (lambda m: m["arrays"][".l4.bias.value"].update(shape=[-8]), r"\.l4\.bias\.value: manifest: shape"),
     "boolean shape": (lambda m: m["arrays"][".l4.bias.value"].update(shape=[True]), r"\.l4\.bias\.value: manifest: shape"),
