@@ -192,7 +192,7 @@ class OrbaxStep:
         import orbax.checkpoint as ocp
 
         folder = self.path / item
-        _check_regular(folder, self.path)
+        check_regular(folder, self.path)
         try:
             return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(folder.absolute())
         except Exception as e:
@@ -208,7 +208,7 @@ def read_step(path: Path) -> OrbaxStep:
 
     import orbax.checkpoint as ocp
 
-    _check_regular(path / STEP_FILE, path)
+    check_regular(path / STEP_FILE, path)
     try:
         recorded = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).metadata(path.absolute())
     except Exception as e:
@@ -233,9 +233,9 @@ def read_step(path: Path) -> OrbaxStep:
     )
 
 
-def _check_regular(path: Path, checkpoint: Path) -> None:
-    r"""Refuses a file (or each file of a folder) that is not a regular file before
-    orbax opens it: a FIFO would block orbax forever."""
+def check_regular(path: Path, checkpoint: Path) -> None:
+    r"""Refuses a file (or any file in a folder) of :py:`checkpoint` that is not a
+    regular file, before orbax opens it: a FIFO would block orbax forever."""
 
     files = [path] if not path.is_dir() else [Path(folder) / name for folder, _, names in os.walk(path) for name in names]
     for file in files:
@@ -273,6 +273,7 @@ class OrbaxNativeFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        **options: Any,
     ) -> None:
         raise CheckpointError(
             path,
@@ -282,12 +283,6 @@ class OrbaxNativeFormat(Format):
 
     def open(self, path: Path) -> OrbaxNativeReader:
         return OrbaxNativeReader(path)
-
-
-def _is_metadata(x: Any) -> bool:
-    from orbax.checkpoint import metadata
-
-    return isinstance(x, (metadata.ArrayMetadata, metadata.StringMetadata))
 
 
 class OrbaxNativeReader(OrbaxReader):
@@ -303,8 +298,7 @@ class OrbaxNativeReader(OrbaxReader):
         if kind in (None, UNFINISHED, ROOT):
             self.refuse(kind)
         self.status = os.stat(self.path)
-        self._files_checked = False
-        self.check_files()  # before orbax opens any of it
+        check_regular(self.path, self.path)  # before orbax opens any of it
         folders: Dict[str, Path] = {}  # each tree's folder, by the key path of the tree
         statics: Dict[str, Any] = {}
         if kind == STEP:

@@ -23,6 +23,7 @@ from ..atomic import AtomicFile, fsync_directory, remove_temporaries, temporary_
 from ..errors import CheckpointError
 from ..formats import format_for, format_named
 from . import metadata as step_file
+from . import orbax_steps
 from .lock import DirectoryLock, DirectoryLockedError
 from .preemption import PreemptionWatcher
 from .retention import Retention
@@ -157,6 +158,13 @@ class CheckpointManager:
             error = None
             if distributed.is_primary():
                 try:
+                    owner = orbax_steps.owner(self.directory)
+                    if owner is not None:  # checked before the lock file would go in
+                        raise CheckpointError(
+                            self.directory,
+                            f"{owner}: inox_io does not write into a directory that another tool owns; "
+                            "open it with read_only=True to list and restore its steps, or save to a new directory",
+                        )
                     self.directory.mkdir(parents=True, exist_ok=True)
                     self._lock = DirectoryLock(self.directory)
                     # Holding the lock, no other writer is active: every temporary is a leftover.
@@ -196,7 +204,10 @@ class CheckpointManager:
     def _steps_on_disk(self) -> List[int]:
         steps = []
         for entry in os.scandir(self.directory):
-            if _STEP_NAME.match(entry.name) and os.path.isfile(os.path.join(entry.path, step_file.METADATA_FILE)):
+            # Steps that orbax's CheckpointManager wrote count too (only a reader sees them).
+            if _STEP_NAME.match(entry.name) and (
+                os.path.isfile(os.path.join(entry.path, step_file.METADATA_FILE)) or orbax_steps.is_step(Path(entry.path))
+            ):
                 steps.append(int(entry.name))
         return sorted(steps)
 
@@ -223,8 +234,13 @@ class CheckpointManager:
             try:
                 text = path.read_bytes()
             except FileNotFoundError:
-                raise FileNotFoundError(f"{self.step_directory(step)}: no complete step {step}") from None
-            metadata = step_file.parse(text, path, step)
+                text = None
+            if text is not None:
+                metadata = step_file.parse(text, path, step)
+            elif orbax_steps.is_step(self.step_directory(step)):
+                metadata = orbax_steps.step_metadata(self.step_directory(step), step)
+            else:
+                raise FileNotFoundError(f"{self.step_directory(step)}: no complete step {step}")
             if not self.read_only:
                 self._metadata[step] = metadata
         return json.loads(json.dumps(metadata))  # a copy the caller may change
