@@ -117,11 +117,25 @@ def save(
     path = Path(path)
     fmt = format_of(path, format)
     options = write_options(fmt, path, max_shard_size=max_shard_size)
+    _writable_parent(path)
     with _paused_gc():
         manifest, arrays = build(tree, metadata)
         manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
         fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
         return manifest
+
+
+def _writable_parent(path: Path) -> None:
+    r"""Refuses a target whose folder does not exist, naming the path the caller gave
+    (not a layout's temporary beside it).
+
+    Raises:
+        FileNotFoundError: if the parent directory of :py:`path` is missing.
+    """
+
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise FileNotFoundError(f"{path}: not saved, its parent directory {path.parent} {what}")
 
 
 def load(
@@ -276,6 +290,7 @@ def convert(
 
     dst = Path(dst)
     fmt = format_of(dst, format)
+    _writable_parent(dst)
     with open_checkpoint(src) as reader:
         problems = _verify_all(reader, progress)
         if problems:

@@ -1,19 +1,27 @@
-r"""The ``inox-io`` command: inspect, verify and convert checkpoints.
+r"""The ``inox-io`` command: inspect, verify and convert checkpoints; list training steps.
 
 .. code-block:: text
 
-    inox-io inspect PATH [--json]         what a checkpoint holds, ties included
-    inox-io verify PATH                   checks every array against its checksum
+    inox-io inspect PATH [--json]         what a checkpoint holds, ties included; what a
+                                          step of a CheckpointManager directory holds;
+                                          the steps of a CheckpointManager directory
+    inox-io steps DIR [--json]            the complete steps of a CheckpointManager
+                                          directory: time, metrics, items, sizes
+    inox-io verify PATH                   checks every array (of every item of a step)
         [--allow-unchecked]               ... exit 0 even if there were none to check
     inox-io convert SRC DST [--overwrite] rewrites a checkpoint in another format
+        [--format NAME]                   ... a layout among DST's (orbax, for a directory)
         [--names torch [--keep NAME]]     ... under PyTorch state-dict names
 
-A thin layer over :func:`inox_io.inspect`, :func:`inox_io.verify` and
-:func:`inox_io.convert`. Exit status: 0 on success, 1 for a damaged, unreadable or
-mismatched checkpoint (or a destination that exists, or, for ``verify``, a checkpoint
-without any checksum, unless ``--allow-unchecked``), 2 for a missing file, an unknown
-format or a usage error. Long operations draw a progress bar on standard error, when it
-is a terminal.
+A thin layer over :func:`inox_io.inspect`, :func:`inox_io.verify`,
+:func:`inox_io.convert` and a read-only :class:`inox_io.CheckpointManager`. JAX is
+imported by the commands only, so that ``--help`` answers at once. Exit status: 0 on
+success, 1 for a damaged, unreadable or mismatched checkpoint (or a destination that
+exists, or, for ``verify``, a checkpoint without any checksum, unless
+``--allow-unchecked``), 2 for a missing file, an unknown format or a usage error, 130
+when interrupted (Ctrl-C), 141 when the reader of standard output left early
+(``inox-io inspect ... | head``). Long operations draw a progress bar on standard error,
+with rate and time left, when it is a terminal.
 
 Example:
     >>> import tempfile
@@ -49,25 +57,28 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["main", "human_size", "ProgressBar"]
+__all__ = ["main", "human_size", "duration", "ProgressBar"]
 
 import argparse
+import datetime
+import json
+import os
 import sys
 import time
 
 from pathlib import Path
-from typing import Dict, List, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, TextIO, Tuple
 
 from . import keypath
-from .api import convert, inspect, verify
-from .names import torch_names
 from .errors import CheckpointError
 from .version import __version__
-from .formats import format_for
-from .manifest import ArrayInfo, Manifest
 
-# Exit statuses.
-OK, PROBLEM, USAGE = 0, 1, 2
+if TYPE_CHECKING:  # the commands import these, and with them JAX
+    from .manager import CheckpointManager
+    from .manifest import ArrayInfo, Manifest
+
+# Exit statuses; the last two as shells report a process ended by SIGINT or SIGPIPE.
+OK, PROBLEM, USAGE, INTERRUPTED, CLOSED = 0, 1, 2, 130, 141
 
 
 def human_size(n: int) -> str:
@@ -88,57 +99,108 @@ def human_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def duration(seconds: float) -> str:
+    r"""Formats a duration as ``m:ss``, or ``h:mm:ss`` from an hour on.
+
+    Example:
+        >>> duration(6.2), duration(75), duration(3 * 3600 + 5)
+        ('0:06', '1:15', '3:00:05')
+    """
+
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class ProgressBar:
     r"""A one-line progress bar, redrawn in place, for :py:`progress(stage, done, total)`
-    callbacks.
+    callbacks, with the stage's rate so far and the time left at that rate.
 
     Redraws are throttled (a checkpoint may hold many small arrays, and a terminal is
     slow), except the first and the last of a stage.
 
     Example:
         >>> import io
-        >>> stream = io.StringIO()
-        >>> bar = ProgressBar(stream, width=10)
-        >>> bar('verify', 512, 1024)
-        >>> stream.getvalue()
-        '\rverifying [#####.....] 512 B / 1.0 KiB'
+        >>> stream, ticks = io.StringIO(), iter([0.0, 2.0])
+        >>> bar = ProgressBar(stream, width=10, clock=lambda: next(ticks))
+        >>> bar('write', 0, 4096)
+        >>> bar('write', 1024, 4096)
+        >>> stream.getvalue().split('\r')[-1]
+        'writing [##........] 1.0 KiB / 4.0 KiB, 512 B/s, 0:06 left'
         >>> bar.close()  # erases the line
     """
 
     LABELS = {"verify": "verifying", "write": "writing"}
 
-    def __init__(self, stream: TextIO, *, width: int = 30, interval: float = 0.1):
-        self.stream, self.width, self.interval = stream, width, interval
-        self.stage, self.last, self.drawn = "", 0.0, 0
+    def __init__(
+        self, stream: TextIO, *, width: int = 30, interval: float = 0.1, clock: Callable[[], float] = time.monotonic
+    ):
+        self.stream, self.width, self.interval, self.clock = stream, width, interval, clock
+        self.stage, self.started, self.last, self.drawn, self.line = "", 0.0, 0.0, 0, ""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if stage == self.stage and done < total and now - self.last < self.interval:
+        now = self.clock()
+        if stage != self.stage:
+            self.stage, self.started = stage, now
+        elif done < total and now - self.last < self.interval:
             return
-        self.stage, self.last = stage, now
+        self.last = now
         filled = self.width * done // total if total else self.width
         bar = "#" * filled + "." * (self.width - filled)
         line = f"{self.LABELS.get(stage, stage)} [{bar}] {human_size(done)} / {human_size(total)}"
+        elapsed = now - self.started
+        if 0 < done < total and elapsed > 0:
+            rate = done / elapsed
+            line += f", {human_size(int(rate))}/s, {duration((total - done) / rate)} left"
+        if line == self.line and self.drawn:
+            return  # e.g. the end of a stage, reported by the writer and by its caller
         # Pad with spaces: a shorter line must cover the previous one.
         self.stream.write("\r" + line.ljust(self.drawn))
         self.stream.flush()
-        self.drawn = len(line)
+        self.drawn, self.line = len(line), line
 
     def close(self) -> None:
         if self.drawn:
             self.stream.write("\r" + " " * self.drawn + "\r")
             self.stream.flush()
-            self.drawn = 0
+            self.drawn, self.line = 0, ""
 
 
 def progress_bar() -> ProgressBar | None:
     r"""A progress bar on standard error if it is a terminal: never in pipes or logs."""
 
     return ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+
+
+class OutputClosed(Exception):
+    r"""The reader of standard output left (``inox-io ... | head``)."""
+
+
+def emit(lines: Sequence[str] | str) -> None:
+    r"""Prints a report on standard output, flushed now, so that a reader that left is
+    noticed here (:class:`OutputClosed`) rather than by Python at exit."""
+
+    try:
+        print(lines if isinstance(lines, str) else "\n".join(lines), flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def silence_stdout() -> None:
+    r"""Points standard output at the null device, so that what Python still holds for
+    it is dropped at exit instead of failing a second time."""
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def split_key(key: str) -> List[str]:
@@ -168,7 +230,7 @@ def key_tree(arrays: Dict[str, ArrayInfo]) -> List[Tuple[int, str, ArrayInfo | N
     children merged into one label (``.value`` hops would otherwise double the depth).
 
     Example:
-        >>> infos = {k: ArrayInfo('float32', (2,), 8) for k in ('.a.value.x', '.a.value.y', '.b')}
+        >>> infos = {k: inox_io.ArrayInfo('float32', (2,), 8) for k in ('.a.value.x', '.a.value.y', '.b')}
         >>> [(depth, label) for depth, label, _ in key_tree(infos)]
         [(0, '.a.value'), (1, '.x'), (1, '.y'), (0, '.b')]
     """
@@ -220,7 +282,9 @@ def table(rows: Sequence[Sequence[str]], indent: str = "  ", right: Sequence[int
 
 
 def render(path: Path, manifest: Manifest) -> List[str]:
-    r"""The report of :command:`inox-io inspect`."""
+    r"""The report of :command:`inox-io inspect` on a checkpoint."""
+
+    from .formats import format_for
 
     lines = [f"{path}: inox_io format v{manifest.version} ({format_for(path).name})"]
     if manifest.libraries:
@@ -276,51 +340,274 @@ def render(path: Path, manifest: Manifest) -> List[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------------
+# CheckpointManager directories
+
+
+def step_of(path: Path) -> int | None:
+    r"""The step, if :py:`path` is a complete step of a CheckpointManager directory."""
+
+    from .manager import METADATA_FILE
+
+    name = Path(os.path.abspath(path)).name
+    if name.isdigit() and str(int(name)) == name and (path / METADATA_FILE).is_file():
+        return int(name)
+    return None
+
+
+def is_manager_directory(path: Path) -> bool:
+    r"""Whether :py:`path` is a CheckpointManager directory: its writer's lock file, or
+    complete steps, in it."""
+
+    from .manager import LOCK_FILE, CheckpointManager
+
+    if not path.is_dir():
+        return False
+    return (path / LOCK_FILE).exists() or bool(CheckpointManager(path, read_only=True).all_steps())
+
+
+def step_manager(path: Path) -> CheckpointManager:
+    r"""A read-only manager of the directory holding the step :py:`path`."""
+
+    from .manager import CheckpointManager
+
+    return CheckpointManager(Path(os.path.abspath(path)).parent, read_only=True)
+
+
+def step_record(manager: CheckpointManager, step: int) -> Dict[str, Any]:
+    r"""A step's metadata, with the bytes on disk of the step and of each file item.
+
+    Raises:
+        FileNotFoundError: if the step is no longer complete (deleted meanwhile).
+    """
+
+    from .formats.directory_commit import disk_bytes
+
+    metadata = manager.metadata(step)
+    folder = manager.step_directory(step)
+    for entry in metadata["items"].values():
+        if "file" in entry:
+            entry["bytes"] = disk_bytes(folder / entry["file"])
+    return {**metadata, "bytes": disk_bytes(folder)}
+
+
+def step_records(manager: CheckpointManager) -> List[Dict[str, Any]]:
+    r"""The records of the complete steps, leaving out those deleted while listed (by
+    a writer's retention, say)."""
+
+    records = []
+    for step in manager.all_steps():
+        try:
+            records.append(step_record(manager, step))
+        except FileNotFoundError:
+            continue
+    return records
+
+
+def saved_at(seconds: Any) -> str:
+    r"""A step's time (Unix seconds) as local ISO 8601 time, to the second."""
+
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+
+
+def metrics_text(metrics: Dict[str, Any] | None) -> str:
+    r"""Metrics on one line.
+
+    Example:
+        >>> metrics_text({'loss': 1 / 3, 'epoch': 2, 'tag': 'best'}), metrics_text(None)
+        ('loss=0.333333, epoch=2, tag="best"', '-')
+    """
+
+    if not metrics:
+        return "-"
+    return ", ".join(f"{k}={v:.6g}" if type(v) is float else f"{k}={json.dumps(v)}" for k, v in metrics.items())
+
+
+def json_text(value: Any, limit: int = 60) -> str:
+    r"""A JSON value on one line, cut at :py:`limit` characters.
+
+    Example:
+        >>> json_text({'next_batch': 192}), json_text(list(range(40)), limit=20)
+        ('{"next_batch": 192}', '[0, 1, 2, 3, 4, 5...')
+    """
+
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_steps(directory: Path, records: List[Dict[str, Any]]) -> List[str]:
+    r"""The report of :command:`inox-io steps`."""
+
+    if not records:
+        return [f"{directory}: a CheckpointManager directory, no complete step"]
+    lines = [
+        f"{directory}: a CheckpointManager directory, {plural(len(records), 'complete step')} "
+        f"(latest {records[-1]['step']})",
+        "",
+    ]
+    rows = [("step", "saved", "metrics", "items", "size")] + [
+        (str(r["step"]), saved_at(r.get("time")), metrics_text(r["metrics"]), ", ".join(r["items"]), human_size(r["bytes"]))
+        for r in records
+    ]
+    return lines + table(rows, right=[0, 4]) + ["", f"inox-io inspect {directory / str(records[-1]['step'])} describes a step"]
+
+
+def render_step(path: Path, record: Dict[str, Any]) -> List[str]:
+    r"""The report of :command:`inox-io inspect` on a step: its items, then each file
+    item's report."""
+
+    from .api import inspect
+
+    lines = [
+        f"{path}: step {record['step']} of the CheckpointManager directory {Path(os.path.abspath(path)).parent}, "
+        f"saved {saved_at(record.get('time'))}",
+        f"metrics: {metrics_text(record['metrics'])}",
+        f"size: {human_size(record['bytes'])}",
+        "",
+        "items",
+    ]
+    rows = []
+    for name, entry in record["items"].items():
+        if "file" in entry:
+            rows.append((name, entry["format"], entry["file"], human_size(entry["bytes"])))
+        else:
+            rows.append((name, "json", json_text(entry["json"]), ""))
+    lines += table(rows, right=[3]) if rows else ["  none"]
+    for entry in record["items"].values():
+        if "file" in entry:
+            item = path / entry["file"]
+            lines += [""] + render(item, inspect(item))
+    return lines
+
+
+def step_json(path: Path, record: Dict[str, Any]) -> Dict[str, Any]:
+    r"""A step's record, each file item with its manifest, for ``inspect --json``."""
+
+    from .api import inspect
+
+    for entry in record["items"].values():
+        if "file" in entry:
+            entry["manifest"] = json.loads(inspect(path / entry["file"]).to_json())
+    return record
+
+
+def steps_json(directory: Path, records: List[Dict[str, Any]]) -> str:
+    return json.dumps({"directory": str(directory), "steps": records})
+
+
+def refuse_manager_path(path: Path, what: str, instead: str) -> None:
+    r"""Refuses a CheckpointManager directory or step where a checkpoint is expected,
+    saying what to give :py:`instead` of a directory."""
+
+    step = step_of(path)
+    if step is not None:
+        items = [str(path / e["file"]) for e in step_manager(path).metadata(step)["items"].values() if "file" in e]
+        raise UsageError(
+            f"{path} is a step of a CheckpointManager directory; {what} one of its items: " + (", ".join(items) or "none")
+        )
+    if is_manager_directory(path):
+        raise UsageError(f"{path} is a CheckpointManager directory; {what} {instead} (inox-io steps {path} lists the steps)")
+
+
+class UsageError(Exception):
+    r"""A command given what it does not take: exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    manifest = inspect(args.path)
-    if args.json:
-        print(manifest.to_json())
+    from .api import inspect
+
+    step = step_of(args.path)
+    if step is not None:
+        record = step_record(step_manager(args.path), step)
+        emit(json.dumps(step_json(args.path, record)) if args.json else render_step(args.path, record))
+    elif is_manager_directory(args.path):
+        return run_steps(args)
     else:
-        print("\n".join(render(args.path, manifest)))
+        manifest = inspect(args.path)
+        emit(manifest.to_json() if args.json else render(args.path, manifest))
+    return OK
+
+
+def run_steps(args: argparse.Namespace) -> int:
+    from .formats.directory_commit import MANIFEST
+    from .manager import CheckpointManager
+
+    path = args.path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory")
+    if step_of(path) is not None:
+        raise UsageError(f"{path} is a step, not a CheckpointManager directory; inox-io steps {path.parent} lists its steps")
+    if not is_manager_directory(path):
+        if (path / MANIFEST).is_file():
+            raise UsageError(f"{path} is a checkpoint, not a CheckpointManager directory; inox-io inspect {path} describes it")
+        raise CheckpointError(path, "not a CheckpointManager directory (no complete step, no writer's lock file)")
+    records = step_records(CheckpointManager(path, read_only=True))
+    emit(steps_json(path, records) if args.json else render_steps(path, records))
     return OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from .api import verify
+
+    step = step_of(args.path)
+    if step is not None:
+        items = step_manager(args.path).metadata(step)["items"].values()
+        paths = [args.path / entry["file"] for entry in items if "file" in entry]
+        what = f"step {step}, {plural(len(paths), 'array item')}: "
+    else:
+        refuse_manager_path(args.path, "verify", f"one of its steps: inox-io verify {args.path / 'STEP'}")
+        paths, what = [args.path], ""
     bar = progress_bar()
     try:
-        manifest = verify(args.path, progress=bar)
+        manifests = [verify(path, progress=bar) for path in paths]
     finally:
         if bar:
             bar.close()
-    unchecked = sum(info.crc32 is None for info in manifest.arrays.values())
-    summary = f"OK: {plural(len(manifest.arrays), 'array')}, {human_size(manifest.nbytes)}, "
-    why = f" ({manifest.no_checksums})" if manifest.no_checksums else ""
+    count = sum(len(m.arrays) for m in manifests)
+    nbytes = sum(m.nbytes for m in manifests)
+    unchecked = sum(info.crc32 is None for m in manifests for info in m.arrays.values())
+    whys = sorted({m.no_checksums for m in manifests if m.no_checksums})
+    why = f" ({'; '.join(whys)})" if whys else ""
+    summary = f"OK: {what}{plural(count, 'array')}, {human_size(nbytes)}, "
     if not unchecked:
         summary += "every checksum matches"
-    elif unchecked == len(manifest.arrays):
+    elif unchecked == count:
         # e.g. a file written by another tool: a success would say nothing
         print(f"{args.path}: no checksums{why}: nothing verified", file=sys.stderr)
         return OK if args.allow_unchecked else PROBLEM
     else:
         summary += f"{plural(unchecked, 'array')} without checksum{why} (not verified), the others match"
-    print(summary)
+    emit(summary)
     return OK
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from .api import convert
+    from .formats import format_for
+    from .names import torch_names
+
+    refuse_manager_path(args.src, "convert", "an item of one of its steps")
     if not args.dst.parent.is_dir():
-        raise FileNotFoundError(f"{args.dst.parent}: no such directory")
+        raise FileNotFoundError(f"{args.dst.parent}: no such directory (the parent of {args.dst})")
     bar = progress_bar()
     try:
         names = {"torch": torch_names}.get(args.names)
-        manifest = convert(args.src, args.dst, overwrite=args.overwrite, progress=bar, names=names, keep=args.keep)
+        manifest = convert(
+            args.src, args.dst, overwrite=args.overwrite, progress=bar, names=names, keep=args.keep, format=args.format
+        )
     except FileExistsError:
         print(f"inox-io: {args.dst} already exists; pass --overwrite to replace it", file=sys.stderr)
         return PROBLEM
     finally:
         if bar:
             bar.close()
-    print(
+    emit(
         f"converted {args.src} ({format_for(args.src).name}) to {args.dst} ({format_for(args.dst).name}): "
         f"{plural(len(manifest.arrays), 'array')}, {human_size(manifest.nbytes)}, "
         + (f"{plural(len(manifest.aliases), 'shared name')} dropped" if args.names else f"{plural(len(manifest.ties), 'tie')} kept")
@@ -328,20 +615,46 @@ def run_convert(args: argparse.Namespace) -> int:
     return OK
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    r"""Refuses unknown suffixes and formats before any work starts.
+
+    Raises:
+        UsageError: naming the path and the formats there are.
+    """
+
+    from .formats import format_for, format_of
+
+    try:
+        for name in args.paths:
+            format_for(getattr(args, name))
+        if getattr(args, "format", None) is not None:
+            format_of(args.dst, args.format)
+    except ValueError as e:
+        raise UsageError(e) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="inox-io",
-        description="Inspect, verify and convert inox_io checkpoints (.safetensors, .msgpack).",
+        description="Inspect, verify and convert inox_io checkpoints (.safetensors, .msgpack, "
+        ".safetensors.index.json, directories); list the steps of CheckpointManager directories.",
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    cmd = commands.add_parser("inspect", help="show arrays, ties, statics, metadata and totals")
+    cmd = commands.add_parser(
+        "inspect", help="show arrays, ties, statics, metadata and totals (a step: its items; a manager directory: its steps)"
+    )
     cmd.add_argument("path", type=Path, metavar="PATH")
-    cmd.add_argument("--json", action="store_true", help="print the manifest JSON as stored")
+    cmd.add_argument("--json", action="store_true", help="print the manifest JSON as stored (a step: its record, items' manifests inside)")
     cmd.set_defaults(run=run_inspect, paths=["path"])
 
-    cmd = commands.add_parser("verify", help="check every array against its checksum")
+    cmd = commands.add_parser("steps", help="list the complete steps of a CheckpointManager directory")
+    cmd.add_argument("path", type=Path, metavar="DIR")
+    cmd.add_argument("--json", action="store_true", help="print the steps' records as JSON")
+    cmd.set_defaults(run=run_steps, paths=[])
+
+    cmd = commands.add_parser("verify", help="check every array against its checksum (a step: every item's)")
     cmd.add_argument("path", type=Path, metavar="PATH")
     cmd.add_argument(
         "--allow-unchecked", action="store_true",
@@ -353,6 +666,7 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("src", type=Path, metavar="SRC")
     cmd.add_argument("dst", type=Path, metavar="DST")
     cmd.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    cmd.add_argument("--format", metavar="NAME", help="the layout, among those of DST's kind: for a directory, 'sharded' (the default) or 'orbax'")
     cmd.add_argument("--names", choices=["torch"], help="store under PyTorch state-dict names (docs/interop.md)")
     cmd.add_argument("--keep", action="append", metavar="NAME", help="with --names: the name a shared array is stored under (repeatable)")
     cmd.set_defaults(run=run_convert, paths=["src", "dst"])
@@ -376,16 +690,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"inox-io: {message}", file=sys.stderr)
         return status
 
-    # Unknown suffixes are usage errors, reported before any work starts.
-    for name in args.paths:
-        try:
-            format_for(getattr(args, name))
-        except ValueError as e:
-            return fail(e, USAGE)
-
     try:
+        check_paths(args)
         return args.run(args)
-    except FileNotFoundError as e:
+    except OutputClosed:
+        silence_stdout()
+        return CLOSED
+    except KeyboardInterrupt:
+        return fail("interrupted", INTERRUPTED)
+    except (UsageError, FileNotFoundError) as e:
         return fail(e, USAGE)
     except CheckpointError as e:
         return fail(e, PROBLEM)

@@ -195,6 +195,11 @@ def fit(reader: Reader, like: PyTree | None, *, names: Names | None = None, tran
     ``like``, every position of the file (see :func:`_fit_file`).
     """
 
+    if isinstance(like, type):
+        raise TypeError(
+            f"{reader.path}: like is the class {like.__name__}, not a tree; pass an instance, "
+            f"or inox_io.abstract({like.__name__}, ...) to build one without computing anything"
+        )
     if like is None:
         if names is not None:
             raise ValueError(f"{reader.path}: names need a like; without one, the file's own positions are loaded")

@@ -45,7 +45,7 @@ import re
 import reprlib
 import warnings
 
-from typing import Any, Dict, Hashable, Iterable, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Tuple
 
 import inox
 
@@ -136,6 +136,10 @@ class Manifest:
     #: None otherwise: then an array without checksum (crc32 null) is refused when read
     #: with verification (:meth:`missing_checksums`), for a null may be crafted.
     no_checksums: str | None = None
+    #: For files saved with names (``save(..., names=...)``), whose stored names are not
+    #: key paths: the ties of the tree as declared (tags, scopes, key paths), for the
+    #: record; the stored arrays of a tie are grouped by :attr:`aliases`.
+    named_ties: List[TieInfo] = dataclasses.field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -212,17 +216,16 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        extra = {} if self.no_checksums is None else {"no_checksums": self.no_checksums}
+        extra: Dict[str, Any] = {} if self.no_checksums is None else {"no_checksums": self.no_checksums}
+        if self.named_ties:
+            extra["named_ties"] = _ties_json(self.named_ties)
         return json.dumps(
             {
                 "format": self.format,
                 "version": self.version,
                 "libraries": self.libraries,
                 "arrays": {key: info.to_json() for key, info in self.arrays.items()},
-                "ties": [
-                    {"scope": t.scope, "tag": encode_tag(t.tag), "path": t.path, "aliases": t.aliases}
-                    for t in self.ties
-                ],
+                "ties": _ties_json(self.ties),
                 "aliases": self.aliases,
                 "statics": self.statics,
                 "metadata": self.metadata,
@@ -268,19 +271,8 @@ class Manifest:
         for key, entry in _expect(data, "arrays", dict, fail).items():
             arrays[key] = _parse_array_info(key, entry, fail)
 
-        ties = []
-        for t in _expect(data, "ties", list, fail):
-            if not isinstance(t, dict) or not all(isinstance(t.get(k), str) for k in ("scope", "path")):
-                fail(f"tie {t!r}: scope and path strings expected")
-            aliases = t.get("aliases")
-            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-                fail(f"tie {t['path']}: a list of alias paths expected")
-            try:
-                tag = decode_tag(t.get("tag"))
-            except ValueError as e:
-                fail(str(e), key=t["path"])
-            ties.append(TieInfo(t["scope"], tag, t["path"], aliases))
-
+        ties = _parse_ties(_expect(data, "ties", list, fail), fail)
+        named_ties = _parse_ties(data["named_ties"], fail) if "named_ties" in data else []
         aliases = _expect(data, "aliases", dict, fail)
         for alias, key in aliases.items():
             if not isinstance(key, str) or key not in arrays:
@@ -293,13 +285,35 @@ class Manifest:
         if reason is not None and (type(reason) is not str or not reason):
             fail(f"no_checksums {reprlib.repr(reason)}: a reason (a non-empty string) expected")
 
-        manifest = cls(arrays, ties, aliases, statics, metadata, libraries)
+        manifest = cls(arrays, ties, aliases, statics, metadata, libraries, named_ties=named_ties)
         if no_checksums_by_design:
             manifest.no_checksums = reason
         count, limit = manifest.position_count(), MIN_POSITIONS + POSITIONS_PER_BYTE * len(text)
         if count > limit:
             fail(f"its ties imply {count} positions, more than the {limit} allowed for its size")
         return manifest
+
+
+def _parse_ties(entries: Any, fail: Callable[..., Any]) -> List[TieInfo]:
+    if not isinstance(entries, list):
+        fail("a list of ties expected")
+    ties = []
+    for t in entries:
+        if not isinstance(t, dict) or not all(isinstance(t.get(k), str) for k in ("scope", "path")):
+            fail(f"tie {t!r}: scope and path strings expected")
+        aliases = t.get("aliases")
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            fail(f"tie {t['path']}: a list of alias paths expected")
+        try:
+            tag = decode_tag(t.get("tag"))
+        except ValueError as e:
+            fail(str(e), key=t["path"])
+        ties.append(TieInfo(t["scope"], tag, t["path"], aliases))
+    return ties
+
+
+def _ties_json(ties: List[TieInfo]) -> List[Dict[str, Any]]:
+    return [{"scope": t.scope, "tag": encode_tag(t.tag), "path": t.path, "aliases": t.aliases} for t in ties]
 
 
 def no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:

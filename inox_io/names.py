@@ -175,6 +175,7 @@ def rename(manifest: Manifest, names: Names, keep: Keep | None = None) -> Rename
         statics=dict(manifest.statics),
         metadata=dict(manifest.metadata),
         libraries=dict(manifest.libraries),
+        named_ties=list(manifest.ties) + list(manifest.named_ties),
     )
     return Renamed(named, source, aliases)
 

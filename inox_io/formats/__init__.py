@@ -9,7 +9,10 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["FORMATS", "Format", "Reader", "Target", "format_for", "format_named", "register", "open_checkpoint", "write_options"]
+__all__ = [
+    "FORMATS", "Format", "Reader", "Target", "format_for", "format_named", "format_of", "register", "open_checkpoint",
+    "write_options",
+]  # fmt: skip
 
 import os
 
@@ -72,6 +75,32 @@ def format_named(name: str) -> Format:
             return fmt
     known = ", ".join(repr(f.name) for f in FORMATS)
     raise ValueError(f"unknown item format {name!r}; known formats: {known}")
+
+
+def format_of(path: str | os.PathLike, name: str | None = None) -> Format:
+    r"""The format of a path (:func:`format_for`), or the one :py:`name` names among
+    the formats of such paths, so that the path reads back as written.
+
+    Example:
+        >>> format_of('ckpt').name, format_of('ckpt', 'orbax').name
+        ('sharded', 'orbax')
+        >>> format_of('model.msgpack', 'orbax')
+        Traceback (most recent call last):
+          ...
+        ValueError: model.msgpack: format 'orbax' writes checkpoint directories, not such paths
+
+    Raises:
+        ValueError: for a path no format takes, an unknown name, or a format that does
+            not take such paths.
+    """
+
+    fmt = format_for(path)
+    if name is None:
+        return fmt
+    chosen = format_named(name)
+    if chosen.suffix != fmt.suffix:
+        raise ValueError(f"{path}: format {name!r} writes {chosen.description}, not such paths")
+    return chosen
 
 
 def open_checkpoint(path: str | os.PathLike) -> Reader:

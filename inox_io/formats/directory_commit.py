@@ -24,7 +24,10 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ASIDE_PREFIX", "MANIFEST", "check_target", "commit", "exchange", "guarded", "recover", "save_directory"]
+__all__ = [
+    "ASIDE_PREFIX", "MANIFEST", "check_target", "commit", "disk_bytes", "exchange", "guarded", "recover",
+    "reporting_growth", "save_directory",
+]  # fmt: skip
 
 import contextlib
 import ctypes
@@ -33,6 +36,8 @@ import jax
 import os
 import secrets
 import shutil
+import stat
+import threading
 
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Sequence, TypeVar
@@ -161,6 +166,70 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} exists and is not an inox_io checkpoint directory; refusing to replace it"
         )
+
+
+def disk_bytes(path: str | os.PathLike) -> int:
+    r"""The size of the regular file at :py:`path`, or of those under the directory at
+    :py:`path` (links not followed; files that vanish meanwhile do not count).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / 'sub').mkdir()
+        >>> _ = (folder / 'a').write_bytes(b'abc'), (folder / 'sub' / 'b').write_bytes(b'de')
+        >>> disk_bytes(folder), disk_bytes(folder / 'a'), disk_bytes(folder / 'missing')
+        (5, 3, 0)
+    """
+
+    def size(name: str) -> int:
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    if not os.path.isdir(path) or os.path.islink(path):
+        return size(os.fspath(path))
+    return sum(size(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names)
+
+
+@contextlib.contextmanager
+def reporting_growth(folder: Path, progress: Callable[[int], None] | None, limit: int, interval: float = 0.1) -> Iterator[None]:
+    r"""While the block runs, calls :py:`progress` every :py:`interval` seconds, from a
+    thread, with the bytes of the files under :py:`folder` (at most :py:`limit`): the
+    progress of a writer that reports none (orbax's). Data the writer compresses is
+    counted as it lies on disk, so the count may stay below :py:`limit`.
+
+    Example:
+        >>> import tempfile, time
+        >>> folder, seen = Path(tempfile.mkdtemp()), []
+        >>> with reporting_growth(folder, seen.append, limit=4, interval=0.01):
+        ...     _ = (folder / 'data').write_bytes(b'123456')
+        ...     while not seen or seen[-1] < 4:
+        ...         time.sleep(0.01)
+        >>> seen[-1]
+        4
+    """
+
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            try:
+                progress(min(disk_bytes(folder), limit))
+            except Exception:
+                return  # a failing bar must not fail the save
+
+    thread = threading.Thread(target=watch, name="inox_io-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def shared_temporary_path(path: Path) -> Path:

@@ -41,7 +41,7 @@ import re
 import secrets
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
 
 import jax
 
@@ -333,6 +333,7 @@ class HFIndexFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
         max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     ) -> None:
         r"""Writes the shards, then the index. An entry of :py:`extra` naming an alias
@@ -357,7 +358,7 @@ class HFIndexFormat(Format):
                     pass  # a directory of that name, say: not ours to remove
 
         with save_guard(path.parent, clean):
-            self.write_locked(path, manifest, arrays, overwrite, extra, max_shard_size)
+            self.write_locked(path, manifest, arrays, overwrite, extra, max_shard_size, progress)
 
     def write_locked(
         self,
@@ -367,6 +368,7 @@ class HFIndexFormat(Format):
         overwrite: bool,
         extra: Mapping[str, str],
         max_shard_size: int,
+        progress: Callable[[int], None] | None,
     ) -> None:
         try:
             old = set(own_shards(path, _read_index(path)[0]["weight_map"].values()))
@@ -384,6 +386,7 @@ class HFIndexFormat(Format):
                 os.fspath(path),
             )
         written: List[Path] = []
+        before = 0  # bytes of arrays in the shards written
         try:
             weight_map = {}
             for name, keys in zip(names, plan):
@@ -396,7 +399,11 @@ class HFIndexFormat(Format):
                 order = sorted(keys, key=lambda k: -manifest.arrays[k].storage_dtype.itemsize)
                 written.append(path.parent / name)
                 # overwrite=True: a crashed save may have left an unreferenced shard here.
-                write_payload_file(written[-1], shard, lambda m: header, str, [(b"", k) for k in order], arrays, overwrite=True)
+                write_payload_file(
+                    written[-1], shard, lambda m: header, str, [(b"", k) for k in order], arrays, overwrite=True,
+                    progress=None if progress is None else lambda n, before=before: progress(before + n),
+                )  # fmt: skip
+                before += shard.nbytes
                 weight_map.update({key: name for key in keys})
 
             manifest.no_checksums = None  # the shards' checksums, filled in as they were written

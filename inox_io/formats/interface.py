@@ -126,6 +126,7 @@ class Format(abc.ABC):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
         **options: Any,
     ) -> None:
         r"""Writes the arrays under their keys with the manifest, atomically, and fills
@@ -135,6 +136,9 @@ class Format(abc.ABC):
             extra: String entries for the file's own metadata (see :attr:`Reader.metadata`),
                 for other tools' sake: they repeat what the manifest says (dropped names,
                 user metadata). Layouts without such a place leave them out.
+            progress: Called from time to time, while the arrays are written, with the
+                bytes of arrays this process wrote so far (never more than
+                :py:`manifest.nbytes`): a progress bar's. From any thread.
             options: As :meth:`parse_options` returned them.
         """
 

@@ -17,7 +17,7 @@ import msgpack
 import struct
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
 from .interface import Format
@@ -63,6 +63,7 @@ class MsgpackFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         payloads = []
@@ -71,7 +72,7 @@ class MsgpackFormat(Format):
                 payloads.append((entry_prefix(key, info.nbytes), key))
             except ValueError as e:
                 raise ValueError(f"{key}: {e}") from None
-        write_payload_file(path, manifest, encode_header, str, payloads, arrays, overwrite=overwrite)
+        write_payload_file(path, manifest, encode_header, str, payloads, arrays, overwrite=overwrite, progress=progress)
 
     def open(self, path: Path) -> MsgpackReader:
         return MsgpackReader(path)

@@ -47,10 +47,11 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 from .. import distributed
 from ..atomic import MAX_REPLACEMENTS, open_regular, read_regular, replaced, save_error
+from ..dtypes import is_key_dtype
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
 from .checksums import Checksums, crc32
-from .directory_commit import MANIFEST, save_directory
+from .directory_commit import MANIFEST, reporting_growth, save_directory
 from .interface import Format, Reader, Target
 from .transfer import host_bytes, place
 
@@ -96,7 +97,8 @@ def to_orbax(info: ArrayInfo, x: Any) -> Any:
     if isinstance(x, np.generic):
         x = np.asarray(x)
     if info.key_impl:
-        return jax.random.key_data(x)
+        # Keys, or already their data (a host array read from another checkpoint).
+        return jax.random.key_data(x) if is_key_dtype(x.dtype) else x
     how = WIDENED.get(info.dtype)
     if how is None:
         return x
@@ -176,6 +178,7 @@ class OrbaxDirectoryFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
@@ -202,7 +205,10 @@ class OrbaxDirectoryFormat(Format):
                     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=runtime_barriers())
                     try:
                         # Collective: each process writes its own shards; orbax waits for all.
-                        shielded(lambda: checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items)))
+                        # Orbax reports no progress: the files growing in the temporary do
+                        # (orbax writes into a temporary of its own there, then renames it).
+                        with reporting_growth(temp, progress, manifest.nbytes):
+                            shielded(lambda: checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items)))
                     finally:
                         checkpointer.close()
                 if crcs is not None:

@@ -144,6 +144,7 @@ def write_payload_file(
     arrays: Mapping[str, Any],
     *,
     overwrite: bool,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     r"""Writes ``header | prefix_1 | array_1 | prefix_2 | array_2 ...`` atomically.
 
@@ -157,6 +158,7 @@ def write_payload_file(
         quote: How the header encodes the manifest's JSON text (the safetensors header
             escapes it as a JSON string).
         payloads: ``(prefix, key)`` pairs in file order.
+        progress: Called with the bytes of arrays written so far, after each write call.
     """
 
     manifest.no_checksums = None  # every array gets one here
@@ -165,10 +167,15 @@ def write_payload_file(
     placeholder = header(manifest)
     slots = _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
 
+    written = 0  # bytes of arrays
     with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs, Writeback(f.fd) as writeback:
 
         def flush(run: Run) -> Run:
+            nonlocal written
             writev_all(f.fd, run.views)
+            if progress is not None:
+                written += sum(len(view) for _, view in run.pieces)
+                progress(written)
             # While the next run is written: this one's checksums and writeback.
             crcs.submit(run.pieces)
             writeback.start(run.offset, run.size)

@@ -17,7 +17,7 @@ import math
 import struct
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys, shape_problem
 from .interface import Format
@@ -85,6 +85,7 @@ class SafetensorsFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         ranges = layout(manifest)
         write_payload_file(
@@ -95,6 +96,7 @@ class SafetensorsFormat(Format):
             [(b"", key) for key in ranges],
             arrays,
             overwrite=overwrite,
+            progress=progress,
         )
 
     def open(self, path: Path) -> SafetensorsReader:

@@ -277,9 +277,10 @@ class ChunkSource(collections.abc.Mapping):
         return len(self.where)
 
 
-def write_pieces(path: Path, pieces: Sequence[Piece]) -> List[Dict[str, Any]]:
+def write_pieces(path: Path, pieces: Sequence[Piece], progress: Callable[[int], None] | None = None) -> List[Dict[str, Any]]:
     r"""Writes the pieces back to back into a data file, atomically, and returns their
-    shard entries (without ``file``)."""
+    shard entries (without ``file``); :py:`progress` is called with the bytes written
+    so far."""
 
     chunks: Dict[str, ArrayInfo] = {}
     where: Dict[str, Tuple[int, int, int]] = {}
@@ -291,8 +292,9 @@ def write_pieces(path: Path, pieces: Sequence[Piece]) -> List[Dict[str, Any]]:
             where[cid] = (i, start, stop)
     index = Manifest(chunks)
     write_payload_file(
-        path, index, lambda m: b"", lambda text: text, [(b"", cid) for cid in chunks], ChunkSource(pieces, where), overwrite=False
-    )
+        path, index, lambda m: b"", lambda text: text, [(b"", cid) for cid in chunks], ChunkSource(pieces, where),
+        overwrite=False, progress=progress,
+    )  # fmt: skip
     entries, offset, cids = [], 0, iter(chunks)
     for piece in pieces:
         count = -(-piece.nbytes // CHUNK_BYTES)
@@ -354,6 +356,7 @@ class ShardedDirectoryFormat(Format):
         *,
         overwrite: bool,
         extra: Mapping[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
@@ -362,7 +365,7 @@ class ShardedDirectoryFormat(Format):
         def write(temp: Path, pieces: List[Piece]) -> List[Tuple[str, Dict[str, Any]]]:
             if not pieces:
                 return []
-            written = write_pieces(temp / name, pieces)  # fsynced, as is its directory entry
+            written = write_pieces(temp / name, pieces, progress)  # fsynced, as is its directory entry
             return [(p.key, {"file": name, **e}) for p, e in zip(pieces, written)]
 
         def manifest_of(everyone: Sequence[List[Tuple[str, Dict[str, Any]]]]) -> str:

@@ -3,11 +3,15 @@ as a real process."""
 
 import io
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 from pathlib import Path
 
@@ -18,9 +22,11 @@ import pytest
 
 import inox_io
 
-from inox_io.cli import ProgressBar, human_size, main
+from inox_io.cli import ProgressBar, human_size, main, saved_at
+from inox_io.formats import orbax_dir
+from inox_io.formats.directory_commit import disk_bytes
 
-from models import assert_tied, seed_model
+from models import assert_tied, assert_trees_bits_equal, dtype_zoo, seed_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

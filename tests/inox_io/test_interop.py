@@ -345,3 +345,18 @@ def test_cli_convert_names_torch(tmp_path, like, hf_weights, capsys):
     assert set(arrays) == set(hf_weights) and metadata["lm_head.weight"] == "transformer.wte.weight"
     assert main(["convert", str(tmp_path / "plain.safetensors"), str(tmp_path / "x.safetensors"), "--keep", "a"]) == 1
     assert "pass names too" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dst", ["e.msgpack", "e.safetensors.index.json"])
+def test_named_exports_keep_the_declared_ties(tmp_path, dst):
+    from models import WeightSharingMLP
+
+    path = tmp_path / "e.safetensors"
+    model = WeightSharingMLP(jax.random.key(0), features=4)
+    inox_io.save(path, model, names=torch_names)
+
+    for manifest in (inox_io.inspect(path), inox_io.convert(path, tmp_path / dst), inox_io.inspect(tmp_path / dst)):
+        assert [(t.tag, t.path, t.aliases) for t in manifest.named_ties] == [("l1", ".l1", [".l2"]), ("l3.weight", ".l3.weight", [".l4.weight"])]
+        assert manifest.ties == [] and manifest.aliases["l4.weight"] == "l3.weight"
+    restored = inox_io.load(path, WeightSharingMLP(jax.random.key(1), features=4), names=torch_names)
+    assert restored.l1 is restored.l2 and restored.l3.weight is restored.l4.weight
