@@ -14,54 +14,44 @@ Example:
     True
 """
 
-import importlib
-
 from typing import TYPE_CHECKING, Any, List
 
 from .version import __version__
 
-#: Each public name and the module that defines it.
-EXPORTS = {
-    "save": "api",
-    "load": "api",
-    "inspect": "api",
-    "verify": "api",
-    "convert": "api",
-    "abstract": "api",
-    "CheckpointError": "errors",
-    "CheckpointManager": "manager",
-    "DirectoryLockedError": "manager",
-    "Manifest": "manifest",
-    "ArrayInfo": "manifest",
-    "TieInfo": "manifest",
-    "torch_names": "names",
-    "TRANSPOSE": "names",
-}
+__all__ = [
+    "save",
+    "load",
+    "inspect",
+    "verify",
+    "convert",
+    "abstract",
+    "CheckpointError",
+    "CheckpointManager",
+    "DirectoryLockedError",
+    "Manifest",
+    "ArrayInfo",
+    "TieInfo",
+    "torch_names",
+    "TRANSPOSE",
+]
 
-__all__ = list(EXPORTS)
-
-if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
-    from .api import abstract, convert, inspect, load, save, verify
-    from .errors import CheckpointError
-    from .manager import CheckpointManager, DirectoryLockedError
-    from .manifest import ArrayInfo, Manifest, TieInfo
-    from .names import TRANSPOSE, torch_names
+if TYPE_CHECKING:  # what type checkers and IDEs see: the names themselves
+    from .public import *  # noqa: F403
 
 
 def __getattr__(name: str) -> Any:
-    r"""Imports a public name, or a submodule (``inox_io.formats``), at its first use."""
+    r"""A public name, imported at its first use with every other (:mod:`inox_io.public`).
 
-    module = EXPORTS.get(name)
-    if module is None:
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise  # a submodule that failed to import something else
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups find it without this function
-    return value
+    Other names fail at once: ``from . import keypath`` asks for its name here before
+    it imports the module, and must not import JAX.
+    """
+
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import public
+
+    globals().update({key: getattr(public, key) for key in __all__})  # found without this function from now on
+    return globals()[name]
 
 
 def __dir__() -> List[str]:

@@ -593,8 +593,6 @@ def run_convert(args: argparse.Namespace) -> int:
     from .names import torch_names
 
     refuse_manager_path(args.src, "convert", "an item of one of its steps")
-    if not args.dst.parent.is_dir():
-        raise FileNotFoundError(f"{args.dst.parent}: no such directory (the parent of {args.dst})")
     bar = progress_bar()
     try:
         names = {"torch": torch_names}.get(args.names)

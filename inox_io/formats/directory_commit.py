@@ -196,8 +196,8 @@ def disk_bytes(path: str | os.PathLike) -> int:
 @contextlib.contextmanager
 def reporting_growth(folder: Path, progress: Callable[[int], None] | None, limit: int, interval: float = 0.1) -> Iterator[None]:
     r"""While the block runs, calls :py:`progress` every :py:`interval` seconds, from a
-    thread, with the bytes of the files under :py:`folder` (at most :py:`limit`): the
-    progress of a writer that reports none (orbax's). Data the writer compresses is
+    thread, with the most bytes seen in the files under :py:`folder` (at most
+    :py:`limit`): the progress of a writer that reports none (orbax's). Data the writer compresses is
     counted as it lies on disk, so the count may stay below :py:`limit`.
 
     Example:
@@ -217,9 +217,11 @@ def reporting_growth(folder: Path, progress: Callable[[int], None] | None, limit
     stop = threading.Event()
 
     def watch() -> None:
+        high = 0  # the writer's temporary files come and go: the count never goes back
         while not stop.wait(interval):
             try:
-                progress(min(disk_bytes(folder), limit))
+                high = max(high, min(disk_bytes(folder), limit))
+                progress(high)
             except Exception:
                 return  # a failing bar must not fail the save
 

@@ -134,6 +134,9 @@ def reap(pid: int) -> int:
 def main() -> None:
     import inox_io  # imported before forking, once
 
+    # Its public names load at their first use: load the savers' now, not in each child.
+    inox_io.save, inox_io.CheckpointManager
+
     zygote = os.getpid()
     print(f"ready {inox_io.__file__}", flush=True)
     for command in commands():

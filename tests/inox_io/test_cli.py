@@ -1,6 +1,7 @@
 r"""The ``inox-io`` command line, run in-process through :func:`inox_io.cli.main` and once
 as a real process."""
 
+import functools
 import io
 import json
 import os
@@ -241,3 +242,155 @@ def test_guide_commands_run(tmp_path, monkeypatch, capsys):
     for command in commands:
         expected = 1 if "damaged" in command else 0  # the guide shows one failure on purpose
         assert main(shlex.split(command)[1:]) == expected, command
+
+
+# ---------------------------------------------------------------------------------------
+# CheckpointManager directories
+
+
+@pytest.fixture
+def run_dir(tmp_path, model) -> Path:
+    directory = tmp_path / "run"
+    with inox_io.CheckpointManager(directory, async_save=False) as manager:
+        for step in (10, 20):
+            manager.save(step, {"model": model, "data": {"next_batch": step * 32}}, metrics={"loss": 1 / step})
+    return directory
+
+
+def test_steps_lists_complete_steps(run_dir, capsys):
+    (run_dir / "30").mkdir()  # not a step: no metadata file (an unfinished one)
+    assert main(["steps", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{run_dir}: a CheckpointManager directory, 2 complete steps (latest 20)\n")
+    assert re.search(r"\n\s+10  \S+  loss=0\.1\s+model, data\s+\d+\.\d KiB\n", out), out
+    assert re.search(r"\n\s+20  \S+  loss=0\.05\s+model, data\s+\d+\.\d KiB\n", out), out
+    assert f"inox-io inspect {run_dir / '20'} describes a step" in out
+
+    assert main(["inspect", str(run_dir)]) == 0  # a manager directory: its steps
+    assert capsys.readouterr().out == out
+
+    assert main(["steps", "--json", str(run_dir)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert records["directory"] == str(run_dir) and [r["step"] for r in records["steps"]] == [10, 20]
+    step = records["steps"][1]
+    assert step["metrics"] == {"loss": 0.05} and step["items"]["data"] == {"json": {"next_batch": 640}}
+    assert step["items"]["model"]["bytes"] == disk_bytes(run_dir / "20" / step["items"]["model"]["file"])
+    assert step["bytes"] == disk_bytes(run_dir / "20") and saved_at(step["time"]) != "unknown"
+
+
+def test_inspect_and_verify_a_step(run_dir, capsys):
+    step = run_dir / "20"
+    assert main(["inspect", str(step)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{step}: step 20 of the CheckpointManager directory {run_dir}, saved ")
+    assert "metrics: loss=0.05" in out and re.search(r"data\s+json\s+\{\"next_batch\": 640\}", out)
+    assert f"{step / 'model.safetensors'}: inox_io format v1 (safetensors)" in out  # the item's own report
+
+    assert main(["inspect", "--json", str(step)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["items"]["model"]["manifest"]["format"] == "inox_io"
+
+    assert main(["verify", str(step)]) == 0
+    assert capsys.readouterr().out.startswith("OK: step 20, 1 array item: 5 arrays, 32.8 KiB, every checksum matches")
+
+
+def test_manager_paths_where_a_checkpoint_is_expected(run_dir, tmp_path, capsys):
+    assert main(["verify", str(run_dir)]) == 2
+    assert f"is a CheckpointManager directory; verify one of its steps: inox-io verify {run_dir / 'STEP'}" in capsys.readouterr().err
+    assert main(["convert", str(run_dir / "20"), str(tmp_path / "m.msgpack")]) == 2
+    assert f"convert one of its items: {run_dir / '20' / 'model.safetensors'}" in capsys.readouterr().err
+    assert main(["steps", str(run_dir / "20")]) == 2
+    assert f"is a step, not a CheckpointManager directory; inox-io steps {run_dir} lists its steps" in capsys.readouterr().err
+
+    inox_io.save(tmp_path / "ckpt", {"w": jnp.ones(2)})
+    assert main(["steps", str(tmp_path / "ckpt")]) == 2
+    assert "is a checkpoint, not a CheckpointManager directory; inox-io inspect" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["steps", str(tmp_path / "empty")]) == 1
+    assert "not a CheckpointManager directory (no complete step, no writer's lock file)" in capsys.readouterr().err
+    assert main(["steps", str(tmp_path / "nowhere")]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# The command as a process: start-up, pipes, Ctrl-C
+
+
+def test_help_imports_no_jax():
+    code = "import sys; from inox_io.cli import main; main(['--help']); print('jax' in sys.modules, file=sys.stderr)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0 and "inox-io" in result.stdout
+    assert result.stderr.strip() == "False"
+
+
+def test_a_reader_that_leaves_early_is_quiet(seed):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inox_io.cli", "inspect", str(seed)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    process.stdout.close()  # as `| head` does once it has what it wants
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and err == b""
+
+
+def test_ctrl_c_is_one_line(seed, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inox_io.api, "convert", interrupted)
+    assert main(["convert", str(seed), str(tmp_path / "seed.msgpack")]) == 130
+    assert capsys.readouterr().err == "inox-io: interrupted\n"
+
+
+def test_ctrl_c_in_a_process(tmp_path):
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
+    # The command waits on its terminal-like input while it reads nothing else: Ctrl-C
+    # reaches it inside main (after JAX is imported by the command).
+    code = (
+        "import sys, inox_io.cli as c\n"
+        "def run(args):\n"
+        "    import inox_io.api\n"
+        "    print('ready', flush=True)\n"
+        "    sys.stdin.read()\n"
+        "c.run_verify = run\n"
+        f"sys.exit(c.main(['verify', {str(tmp_path / 'x.safetensors')!r}]))\n"
+    )
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with open(fifo, "w+b", buffering=0) as hold:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=open(fifo, "rb"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+        )
+        assert process.stdout.readline() == b"ready\n"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.decode() == "inox-io: interrupted\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Every layout: progress, keys
+
+
+@pytest.mark.parametrize("dst", ["copy.safetensors", "copy.msgpack", "copy.safetensors.index.json", "copy", "orbax"])
+def test_progress_moves_while_each_layout_writes(seed, tmp_path, monkeypatch, dst):
+    # orbax's writer reports nothing: its bytes on disk are watched, here every 1 ms.
+    monkeypatch.setattr(orbax_dir, "reporting_growth", functools.partial(orbax_dir.reporting_growth, interval=0.001))
+    calls = []
+    fmt = "orbax" if dst == "orbax" else None
+    inox_io.convert(seed, tmp_path / dst, format=fmt, progress=lambda *call: calls.append(call))
+
+    total = inox_io.inspect(seed).nbytes
+    written = [done for stage, done, _ in calls if stage == "write"]
+    assert len(written) >= 3, calls  # the start, the writer's own reports, the end
+    assert written == sorted(written) and written[0] == 0 and written[-1] == total
+
+
+@pytest.mark.parametrize("dst", ["keys.safetensors", "keys.msgpack", "keys.safetensors.index.json", "keys", "orbax"])
+def test_every_key_impl_through_every_layout(tmp_path, dst, capsys):
+    from test_fixtures import dtype_zoo_like, fixture
+
+    args = ["convert", str(fixture("dtypes", "safetensors")), str(tmp_path / dst)]
+    assert main(args + (["--format", "orbax"] if dst == "orbax" else [])) == 0, capsys.readouterr().err
+    restored = inox_io.load(tmp_path / dst, dtype_zoo_like())
+    assert_trees_bits_equal(restored.keys, dtype_zoo().keys)
+    for name in ("threefry", "rbg", "unsafe_rbg"):
+        assert jax.random.key_impl(restored.keys[name]) == jax.random.key_impl(dtype_zoo().keys[name])
