@@ -286,11 +286,15 @@ def render(path: Path, manifest: Manifest) -> List[str]:
 
     from .formats import format_for
 
-    lines = [f"{path}: inox_io format v{manifest.version} ({format_for(path).name})"]
+    name = format_for(path).name
+    if "inox_io" in manifest.libraries:
+        lines = [f"{path}: inox_io format v{manifest.version} ({name})"]
+    else:
+        lines = [f"{path}: {name}, not written by inox_io"]
     if manifest.libraries:
         lines.append("written by " + ", ".join(f"{k} {v}" for k, v in manifest.libraries.items()))
     else:
-        lines.append("written by another tool: no inox_io manifest, arrays described from the file's header")
+        lines.append(f"{manifest.no_checksums or 'written by another tool'}: arrays described from the file's header")
 
     lines += ["", "arrays"]
     rows = [
@@ -303,6 +307,7 @@ def render(path: Path, manifest: Manifest) -> List[str]:
         lines.append(f"  ({plural(unchecked, 'array')} without checksum)")
 
     lines.append("")
+    alias_map = bool(manifest.aliases) and not manifest.libraries  # another tool's (torch's save_model)
     if manifest.ties:
         lines.append("ties (explicit sharing)")
         scopes: Dict[str, list] = {}
@@ -312,11 +317,14 @@ def render(path: Path, manifest: Manifest) -> List[str]:
             lines.append(f"  scope {scope or '<root>'}")
             rows = [(repr(t.tag), t.path, "aliases " + ", ".join(t.aliases)) for t in ties]
             lines += table(rows, indent="    ")
+    elif alias_map:
+        lines.append("ties (the file's alias map: one stored array under several names)")
+        lines += table([(alias, "= " + key) for alias, key in manifest.aliases.items()], sep=" ")
     else:
         lines.append("ties: none")
 
     lines.append("")
-    if manifest.aliases:
+    if manifest.aliases and not alias_map:
         lines.append("implicit sharing (same array object, no Reference)")
         lines += table([(alias, "= " + key) for alias, key in manifest.aliases.items()], sep=" ")
     else:

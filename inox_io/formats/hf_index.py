@@ -50,7 +50,7 @@ from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
 from .interface import Format, Reader, Target
 from .payload import write_payload_file
-from .safetensors_file import FOREIGN, SAFETENSORS_DTYPES, SafetensorsReader, header_entry
+from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, foreign_manifest, header_entry
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -254,7 +254,7 @@ class IndexReader(Reader):
             if stray:
                 raise CheckpointError(self.path, "in the weight map but not in the manifest", key=stray[0])
         else:
-            self.manifest = Manifest({}, no_checksums=FOREIGN)
+            self.manifest = Manifest({})  # filled from the shards' headers below
 
         self.owner: Dict[str, SafetensorsReader] = {}
         for key, shard in weight_map.items():
@@ -276,8 +276,12 @@ class IndexReader(Reader):
 
         #: The shards' ``__metadata__`` entries (aliases ``dropped -> kept`` among them).
         self.metadata: Dict[str, str] = {}
-        for shard, reader in self.shards.items():
+        for reader in self.shards.values():
             self.metadata.update({k: v for k, v in reader.metadata.items() if k != FORMAT})
+        if text is None:
+            index_metadata = index.get("metadata", {})
+            self.manifest = foreign_manifest(self.manifest.arrays, {**index_metadata, **self.metadata}, "Hugging Face index")
+        for reader in self.shards.values():
             # Each shard reads its arrays as the index describes them (true dtypes,
             # checksums): its own reader, memory map and batched reads do the work.
             arrays = {k: self.manifest.arrays[k] for k, r in self.owner.items() if r is reader}

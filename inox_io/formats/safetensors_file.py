@@ -10,7 +10,7 @@ tools) are read with a manifest synthesized from their header.
 
 from __future__ import annotations
 
-__all__ = ["SafetensorsFormat", "FOREIGN"]
+__all__ = ["SafetensorsFormat", "foreign_manifest"]
 
 import json
 import math
@@ -34,8 +34,29 @@ FROM_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 MAX_HEADER_BYTES = MAX_MANIFEST_BYTES + 64 * 2**20
 
-#: Why a file without inox_io manifest has no checksums.
-FOREIGN = "written by another tool: no inox_io manifest"
+def foreign_manifest(arrays: Dict[str, ArrayInfo], metadata: Mapping[str, Any], tool: str) -> Manifest:
+    r"""The manifest of a checkpoint written by another tool: its arrays, its metadata
+    as it is, and its alias map as aliases: torch's ``save_model`` stores a tensor
+    shared by several names once, and maps each other name to the stored one in
+    ``__metadata__``. Who wrote it, and that it has no checksums, is its
+    :attr:`Manifest.no_checksums`.
+
+    Example:
+        >>> arrays = {'wte.weight': ArrayInfo('float32', (4, 3), 48)}
+        >>> m = foreign_manifest(arrays, {'format': 'pt', 'lm_head.weight': 'wte.weight'}, 'safetensors')
+        >>> m.aliases, m.metadata['format']
+        ({'lm_head.weight': 'wte.weight'}, 'pt')
+        >>> m.no_checksums
+        'written by another tool: torch save_model (safetensors with an alias map); no inox_io manifest'
+    """
+
+    aliases = {name: kept for name, kept in metadata.items() if name not in arrays and isinstance(kept, str) and kept in arrays}
+    if aliases and tool == "safetensors":
+        tool = "torch save_model (safetensors with an alias map)"
+    elif metadata.get("format") == "pt":
+        tool += ", from PyTorch"
+    reason = f"written by another tool: {tool}; no inox_io manifest"
+    return Manifest(dict(arrays), aliases=aliases, metadata=dict(metadata), no_checksums=reason)
 
 
 def header_entry(info: ArrayInfo) -> Tuple[str, list]:
@@ -162,7 +183,7 @@ class SafetensorsReader(FileReader):
         return manifest, ranges
 
     def synthesize(self, stored: Mapping[str, Tuple[str, list, int, int]]) -> Manifest:
-        r"""A manifest for a file written by another tool: no ties, no checksums."""
+        r"""A manifest for a file written by another tool (:func:`foreign_manifest`)."""
 
         arrays = {}
         for key, (dtype, shape, begin, end) in stored.items():
@@ -174,4 +195,4 @@ class SafetensorsReader(FileReader):
                 self.fail(problem, key=key)
             info.nbytes = math.prod(info.shape) * info.storage_dtype.itemsize
             arrays[key] = info
-        return Manifest(arrays, no_checksums=FOREIGN)
+        return foreign_manifest(arrays, self.metadata, "safetensors")

@@ -103,13 +103,29 @@ def test_inspect_foreign_safetensors(tmp_path, capsys):
 
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "written by another tool" in out
+    assert out.startswith(f"{path}: safetensors, not written by inox_io\nwritten by another tool: safetensors; no inox_io manifest")
     assert re.search(r"  encoder\.layer\.0\.weight\s+float32\[2, 3\]\s+24 B\n", out)
     assert "(1 array without checksum)" in out
 
     assert main(["verify", str(path)]) == 1  # nothing verified is no success
-    assert capsys.readouterr().err == f"{path}: no checksums (written by another tool: no inox_io manifest): nothing verified\n"
+    assert capsys.readouterr().err == f"{path}: no checksums (written by another tool: safetensors; no inox_io manifest): nothing verified\n"
     assert main(["verify", "--allow-unchecked", str(path)]) == 0
+
+
+def test_inspect_torch_save_model_and_hf_files(capsys):
+    from test_fixtures import FIXTURES
+
+    assert main(["inspect", str(FIXTURES / "torch" / "tied.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "written by another tool: torch save_model (safetensors with an alias map); no inox_io manifest" in out
+    assert re.search(r"ties \(the file's alias map: one stored array under several names\)\n  wte\.weight = lm_head\.weight\n", out)
+    assert re.search(r"metadata\n  wte\.weight = 'lm_head\.weight'\n", out), out
+    assert "total: 3 arrays, 224 B stored, 192 B saved by sharing (1 aliased position)" in out
+
+    assert main(["inspect", str(FIXTURES / "hf" / "gpt2-tiny-sharded" / "model.safetensors.index.json")]) == 0
+    out = capsys.readouterr().out
+    assert "written by another tool: Hugging Face index, from PyTorch; no inox_io manifest" in out
+    assert re.search(r"metadata\n  total_size = \d+\n  format\s+= 'pt'\n", out), out
 
 
 def test_verify(seed, tmp_path, capsys):

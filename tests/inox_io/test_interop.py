@@ -360,3 +360,23 @@ def test_named_exports_keep_the_declared_ties(tmp_path, dst):
         assert manifest.ties == [] and manifest.aliases["l4.weight"] == "l3.weight"
     restored = inox_io.load(path, WeightSharingMLP(jax.random.key(1), features=4), names=torch_names)
     assert restored.l1 is restored.l2 and restored.l3.weight is restored.l4.weight
+
+
+def test_torch_save_model_alias_map_gives_one_array():
+    r"""A file of torch's ``save_model`` (fixtures/torch): its alias map is a tie."""
+
+    path = ROOT / "fixtures" / "torch" / "tied.safetensors"
+    manifest = inox_io.inspect(path)
+    assert manifest.aliases == {"wte.weight": "lm_head.weight"} and manifest.metadata == {"wte.weight": "lm_head.weight"}
+
+    flat = inox_io.load(path)
+    assert sorted(flat) == ["lm_head.weight", "ln.bias", "ln.weight", "wte.weight"]
+    assert flat["wte.weight"] is flat["lm_head.weight"]
+    expected = np.arange(48, dtype=np.float32).reshape(12, 4) / 8
+    np.testing.assert_array_equal(np.asarray(flat["wte.weight"]), expected)
+
+    shared = jnp.zeros((12, 4))
+    like = {"wte": {"weight": shared}, "lm_head": {"weight": shared}, "ln": {"weight": jnp.zeros(4), "bias": jnp.zeros(4)}}
+    restored = inox_io.load(path, like, names=torch_names)
+    assert restored["wte"]["weight"] is restored["lm_head"]["weight"]
+    np.testing.assert_array_equal(np.asarray(restored["lm_head"]["weight"]), expected)
