@@ -45,16 +45,18 @@ from __future__ import annotations
 
 __all__ = ["OrbaxNativeFormat", "OrbaxNativeReader", "OrbaxStep", "WRITER", "kind_of", "orbax_names", "read_step", "steps_of"]
 
+import contextlib
 import dataclasses
 import jax
 import jax.tree_util as jtu
 import json
+import logging
 import math
 import numpy as np
 import os
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 from .. import keypath
 from ..atomic import open_regular
@@ -210,7 +212,8 @@ def read_step(path: Path) -> OrbaxStep:
 
     check_regular(path / STEP_FILE, path)
     try:
-        recorded = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).metadata(path.absolute())
+        with warnings_of_absl_silenced():  # it warns of each item it was not asked to restore
+            recorded = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).metadata(path.absolute())
     except Exception as e:
         raise CheckpointError(path, f"orbax cannot read its record of the step, {STEP_FILE} ({reason(e)})") from None
     handlers = recorded.item_handlers if isinstance(recorded.item_handlers, Mapping) else {}
@@ -231,6 +234,21 @@ def read_step(path: Path) -> OrbaxStep:
         metrics=dict(recorded.metrics) if recorded.metrics else None,
         custom_metadata=dict(recorded.custom_metadata or {}),
     )
+
+
+@contextlib.contextmanager
+def warnings_of_absl_silenced() -> Iterator[None]:
+    r"""Raises the level of the ``absl`` logger, through which orbax logs, to errors
+    while the block runs: orbax's warnings about what it was not asked to do are not
+    the user's business."""
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_regular(path: Path, checkpoint: Path) -> None:

@@ -523,6 +523,7 @@ class CheckpointManager:
         shardings: Any = None,
         strict: bool = True,
         verify: bool = True,
+        statics: str = "like",
     ) -> Dict[str, PyTree]:
         r"""Restores a step, the latest by default.
 
@@ -542,6 +543,9 @@ class CheckpointManager:
                 By default, the shardings of the ``like`` leaves.
             strict: As in :func:`inox_io.load`.
             verify: Whether to verify the checksums of the arrays read.
+            statics: As in :func:`inox_io.load`: where the non-array leaves of the
+                array items come from, ``"like"`` (warning where the file differs) or
+                ``"file"``.
 
         Raises:
             FileNotFoundError: if there is no complete step (to restore).
@@ -571,7 +575,10 @@ class CheckpointManager:
             elif everything or like.get(name) is not None:
                 path = folder / entry["file"]
                 try:
-                    out[name] = api.load(path, like.get(name), strict=strict, verify=verify, shardings=_item_shardings(shardings, name))
+                    out[name] = api.load(
+                        path, like.get(name), strict=strict, verify=verify, statics=statics,
+                        shardings=_item_shardings(shardings, name),
+                    )  # fmt: skip
                 except FileNotFoundError:
                     if folder.exists():
                         raise
