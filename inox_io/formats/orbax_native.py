@@ -84,6 +84,12 @@ ARRAY_FILES = ("manifest.ocdbt", ".zarray", "zarr.json")
 TEMPORARY = ".orbax-checkpoint-tmp"
 #: The item a CheckpointManager saves a single unnamed item as.
 DEFAULT_ITEM = "default"
+
+#: The item in which orbax's CheckpointManager keeps the metrics of a step.
+METRICS_ITEM = "metrics"
+
+#: The file by which orbax marks a finished save on file systems without atomic renames.
+COMMIT_FILE = "commit_success.txt"
 #: The most entries of a directory looked at to recognize it (zarr folders, steps).
 MAX_LOOKS = 1024
 
@@ -195,8 +201,12 @@ class OrbaxStep:
 
         folder = self.path / item
         check_regular(folder, self.path)
+        # Its one file is named by the handler that wrote it: "metadata" by default,
+        # "metrics" for orbax's metrics.
+        names = sorted(f.name for f in folder.iterdir() if f.name != COMMIT_FILE) if folder.is_dir() else []
         try:
-            return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(folder.absolute())
+            handler = ocp.JsonCheckpointHandler(filename=names[0] if len(names) == 1 else None)
+            return ocp.Checkpointer(handler).restore(folder.absolute())
         except Exception as e:
             raise CheckpointError(folder, f"orbax cannot read this JSON item ({reason(e)})") from None
 
@@ -226,7 +236,7 @@ def read_step(path: Path) -> OrbaxStep:
         elif kind_of(path / name) == ITEM:
             items[name] = ITEM
     commit = recorded.commit_timestamp_nsecs
-    return OrbaxStep(
+    step = OrbaxStep(
         path=path,
         items=items,
         handlers={name: handler_name(h) for name, h in handlers.items()},
@@ -234,6 +244,14 @@ def read_step(path: Path) -> OrbaxStep:
         metrics=dict(recorded.metrics) if recorded.metrics else None,
         custom_metadata=dict(recorded.custom_metadata or {}),
     )
+    # The metrics given to orbax's save (with a best_fn) are an item of orbax's own,
+    # not the user's: they are the step's metrics.
+    if items.get(METRICS_ITEM) == "json":
+        del items[METRICS_ITEM]
+        recorded_metrics = step.json(METRICS_ITEM)
+        if step.metrics is None and isinstance(recorded_metrics, dict):
+            step.metrics = recorded_metrics
+    return step
 
 
 @contextlib.contextmanager
