@@ -216,7 +216,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def save_guard(folder: str | os.PathLike, clean: Callable[[], None]) -> Iterator[None]:
+def save_guard(folder: str | os.PathLike, clean: Callable[[], None], *, target: str | os.PathLike) -> Iterator[None]:
     r"""Holds a shared lock (``flock``) on :py:`folder` while a save writes there, and
     first calls :py:`clean` if it can hold the lock alone: then no save of any process
     using this guard is running in the folder, so every leftover of an earlier save
@@ -229,13 +229,14 @@ def save_guard(folder: str | os.PathLike, clean: Callable[[], None]) -> Iterator
     save's lock goes with it.
 
     Raises:
-        OSError: if the folder cannot be opened or locked.
+        OSError: if the folder cannot be opened or locked, naming :py:`target` (the
+            save's) and saying that it is untouched (:func:`save_error`).
 
     Example:
         >>> import tempfile
         >>> folder = tempfile.mkdtemp()
-        >>> with save_guard(folder, lambda: print('alone: cleaning')):
-        ...     with save_guard(folder, lambda: print('never printed: a save is running')):
+        >>> with save_guard(folder, lambda: print('alone: cleaning'), target=folder + '/a'):
+        ...     with save_guard(folder, lambda: print('never printed: a save is running'), target=folder + '/b'):
         ...         pass
         alone: cleaning
     """
@@ -243,14 +244,17 @@ def save_guard(folder: str | os.PathLike, clean: Callable[[], None]) -> Iterator
     if syscalls.flock is None:
         yield
         return
-    fd = syscalls.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = syscalls.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise save_error(error, target) from None
     try:
         try:
             syscalls.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
         except OSError as error:
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+                raise save_error(error, target) from None
             alone = False
         if alone:
             try:
@@ -258,10 +262,16 @@ def save_guard(folder: str | os.PathLike, clean: Callable[[], None]) -> Iterator
             except OSError:
                 pass  # best effort: cleaning must not fail the save that does it
         # Shared from now on; a cleaner waiting for the lock alone waits for this save.
-        syscalls.flock(fd, fcntl.LOCK_SH)
+        try:
+            syscalls.flock(fd, fcntl.LOCK_SH)
+        except OSError as error:
+            raise save_error(error, target) from None
         yield
     finally:
-        syscalls.close(fd)  # releases the lock
+        try:
+            syscalls.close(fd)  # releases the lock
+        except OSError:
+            pass  # a read-only descriptor: nothing of the save depends on it
 
 
 def open_regular(path: str | os.PathLike, *, dir_fd: int | None = None) -> int:
@@ -457,20 +467,27 @@ def save_error(error: OSError, target: str | os.PathLike, *, committed: bool = F
     r"""The error of a failed save of :py:`target`: the same errno (so the same
     :class:`OSError` subclass), naming the target and saying what it holds now.
 
+    An error explained already of another file (one of the save's temporaries) is
+    explained anew: what became of that file is not what became of :py:`target`.
+
     Example:
-        >>> save_error(OSError(errno.ENOSPC, 'No space left on device'), 'ckpt')
+        >>> error = save_error(OSError(errno.ENOSPC, 'No space left on device'), 'ckpt/.tmp/manifest.json')
+        >>> error
         OSError(28, 'No space left on device (not saved; the checkpoint there, if any, is untouched)')
+        >>> save_error(error, 'ckpt').filename
+        'ckpt'
     """
 
-    if getattr(error, "state", None) is not None:
+    if getattr(error, "state", None) is not None and error.filename == os.fspath(target):
         return error  # explained already
     if committed:
         state = "the new checkpoint is in place, but may not survive a power loss"
     else:
         state = "not saved; the checkpoint there, if any, is untouched"
-    reason = error.strerror or str(error)
+    reason = getattr(error, "reason", None) or error.strerror or str(error)
     out = OSError(error.errno, f"{reason} ({state})", os.fspath(target))
     out.state = state  #: what the target holds, for callers explaining it once only
+    out.reason = reason  #: what failed, without the explanation
     return out
 
 

@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Sequence, TypeVar
 
 from .. import distributed
-from ..atomic import TEMP_PREFIX, AtomicFile, fsync_directory, save_guard, temporaries_of, temporary_path, temporary_stem, write_all
+from ..atomic import (
+    TEMP_PREFIX, AtomicFile, fsync_directory, save_error, save_guard, temporaries_of, temporary_path, temporary_stem, write_all,
+)  # fmt: skip
 
 #: The file of a checkpoint directory that describes it, written last.
 MANIFEST = "manifest.json"
@@ -97,7 +99,7 @@ def commit(temp: Path, path: Path, overwrite: bool, *, swap=exchange) -> None:
         os.rename(path, old)
         fsync_directory(path.parent)  # the old one durable aside before the new one comes
         os.rename(temp, path)
-        fsync_directory(path.parent)
+        in_place_durably(path)
         shutil.rmtree(old, ignore_errors=True)
     else:
         try:
@@ -107,7 +109,28 @@ def commit(temp: Path, path: Path, overwrite: bool, *, swap=exchange) -> None:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
             raise
-    fsync_directory(path.parent)
+    in_place_durably(path)
+
+
+def in_place_durably(path: Path) -> None:
+    r"""Makes the rename that put the new checkpoint at :py:`path` durable; a failure
+    says that the checkpoint is in place all the same."""
+
+    try:
+        fsync_directory(path.parent)
+    except OSError as e:
+        raise save_error(e, path, committed=True) from e
+
+
+def said_of_target(error: BaseException | None, path: Path) -> BaseException | None:
+    r"""A failed save's error as reported: a storage error (:class:`OSError` with an
+    errno) of any file of the save names the user's :py:`path`, not a temporary, and
+    says what the path holds (:func:`inox_io.atomic.save_error`); other errors are
+    returned as they are."""
+
+    if isinstance(error, OSError) and not isinstance(error, FileExistsError) and error.errno is not None:
+        return save_error(error, path)
+    return error
 
 
 def recover(path: Path) -> List[Path]:
@@ -147,7 +170,7 @@ def guarded(path: Path) -> Iterator[None]:
     until it is committed or removed: leftovers of interrupted saves of :py:`path` are
     removed first, if no save runs in the folder (:func:`inox_io.atomic.save_guard`)."""
 
-    with save_guard(path.parent, lambda: remove_leftovers(path)):
+    with save_guard(path.parent, lambda: remove_leftovers(path), target=path):
         yield
 
 
@@ -254,7 +277,7 @@ def save_directory(
     prepare: Callable[[], Prepared],
     write: Callable[[Path, Prepared], Part],
     manifest: Callable[[Sequence[Part]], str],
-    failure: Callable[[BaseException, Path], BaseException] = lambda error, path: error,
+    failure: Callable[[BaseException, Path], BaseException] = said_of_target,
 ) -> None:
     r"""Saves the checkpoint directory :py:`path` from every process of the job.
 

@@ -121,8 +121,8 @@ def plain_header(manifest: Manifest, extra: Mapping[str, str]) -> bytes:
 
 
 def shard_file_names(index: Path, count: int, taken: Iterable[str]) -> List[str]:
-    r"""``NAME-0000i-of-0000n.safetensors``, or, when the current checkpoint uses those
-    names (overwriting it must not touch its shards before the index switches),
+    r"""``NAME-0000i-of-0000n.safetensors``, or, when one of those names is taken (by
+    the current checkpoint, whose shards must stay whole until the index switches),
     ``NAME-<random>-0000i-of-0000n.safetensors``."""
 
     prefix = index.name[: -len(INDEX_SUFFIX)]
@@ -361,7 +361,7 @@ class HFIndexFormat(Format):
                 except OSError:
                     pass  # a directory of that name, say: not ours to remove
 
-        with save_guard(path.parent, clean):
+        with save_guard(path.parent, clean, target=path):
             self.write_locked(path, manifest, arrays, overwrite, extra, max_shard_size, progress)
 
     def write_locked(
@@ -376,11 +376,13 @@ class HFIndexFormat(Format):
     ) -> None:
         try:
             old = set(own_shards(path, _read_index(path)[0]["weight_map"].values()))
-        except (FileNotFoundError, CheckpointError):
-            old = set()  # no index, or a damaged one: no shards known to keep safe
+        except (OSError, CheckpointError):
+            old = set()  # no index, or one that cannot be read now: no shards to remove
 
         plan = plan_shards(manifest, max_shard_size)
-        names = shard_file_names(path, len(plan), old)
+        # New names, never an existing file's: the current checkpoint's shards (whether
+        # or not its index could be read) stay whole until the new index replaces it.
+        names = shard_file_names(path, len(plan), old | set(os.listdir(path.parent)))
         too_long = [name for name in names if len(os.fsencode(name)) > NAME_MAX]
         if too_long:
             raise OSError(
@@ -390,6 +392,7 @@ class HFIndexFormat(Format):
                 os.fspath(path),
             )
         written: List[Path] = []
+        index_file: AtomicFile | None = None
         before = 0  # bytes of arrays in the shards written
         try:
             weight_map = {}
@@ -415,9 +418,12 @@ class HFIndexFormat(Format):
                 "metadata": {"total_size": manifest.nbytes, FORMAT: manifest.to_json()},
                 "weight_map": dict(sorted(weight_map.items())),
             }
-            with AtomicFile(path, overwrite=overwrite) as f:
+            index_file = AtomicFile(path, overwrite=overwrite)
+            with index_file as f:
                 write_all(f.fd, json.dumps(index, indent=2).encode() + b"\n")
         except BaseException as e:
+            if index_file is not None and index_file.committed:
+                raise  # the new index is in place (its folder's fsync failed): its shards stay
             for shard_path in written:
                 shard_path.unlink(missing_ok=True)
             if isinstance(e, OSError) and not isinstance(e, FileExistsError) and e.filename != os.fspath(path):
@@ -426,6 +432,14 @@ class HFIndexFormat(Format):
             raise
 
         # Only the old index's own shards (own_shards): never a file it merely named.
+        # The new checkpoint is in place: a failure here leaves a shard for the next
+        # save's cleaning, or a removal that may not survive a power loss.
         for name in old - set(names):
-            (path.parent / name).unlink(missing_ok=True)
-        fsync_directory(path.parent)
+            try:
+                (path.parent / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+        try:
+            fsync_directory(path.parent)
+        except OSError as e:
+            raise save_error(e, path, committed=True) from e

@@ -164,6 +164,72 @@ def test_kill_during_save_long(zygote, tmp_path, fmt):
     check_campaign(seen, interrupted, SLOW_KILLS)
 
 
+#: The layouts of several files, each with its own campaign: the checkpoint's name, the
+#: options of its saves, and the spread of the kills in seconds (a save takes 5-50 ms
+#: here; a process's first orbax save 0.3 s).
+LAYOUTS = {
+    "index": ("model.safetensors.index.json", {"max_shard_size": 300}, 0.150),  # 3 shards
+    "sharded": ("ckpt", {}, 0.150),
+    "orbax": ("ckpt", {"format": "orbax"}, 1.0),
+}
+LAYOUT_KILLS, SLOW_LAYOUT_KILLS = 20, 200
+
+
+def own_files(path: Path) -> List[str]:
+    r"""The names in :py:`path`'s folder that belong to the checkpoint at :py:`path`."""
+
+    if path.name.endswith(".safetensors.index.json"):
+        return sorted({path.name, *json.loads(path.read_text())["weight_map"].values()})
+    return [path.name]
+
+
+def kill_layout_repeatedly(
+    zygote: Zygote, path: Path, options: dict, max_delay: float, kills: int, seed: int
+) -> Tuple[List[int], int]:
+    r"""Kills savers of a layout of several files (an index and its shards, a
+    directory); after each kill, the path loads, verified, as one complete checkpoint
+    no older than the previous one. A last save, in a live process, leaves nothing but
+    the checkpoint's own files in the folder.
+
+    Returns the generations seen and how many kills left something behind.
+    """
+
+    rng = random.Random(seed)
+    like = make_tree(0)
+    inox_io.save(path, make_tree(1), metadata={"generation": "1"}, **options)
+    seen, interrupted = [1], 0
+    for _ in range(kills):
+        command = {"path": str(path), "generation": seen[-1] + 1, "options": options}
+        zygote.run_and_kill(command, rng.uniform(0, max_delay))
+
+        g = generation_of(inox_io.load(path, like))  # every array of one save, verified
+        assert inox_io.inspect(path).metadata == {"generation": str(g)}
+        assert g >= seen[-1], f"generation {g} after {seen[-1]}: an older checkpoint came back"
+        interrupted += sorted(os.listdir(path.parent)) != own_files(path)
+        seen.append(g)
+
+    g = seen[-1] + 1
+    inox_io.save(path, make_tree(g), overwrite=True, metadata={"generation": str(g)}, **options)
+    assert generation_of(inox_io.load(path, like)) == g
+    assert sorted(os.listdir(path.parent)) == own_files(path), "leftovers of killed saves remain"
+    return seen, interrupted
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kill_during_save_of_each_layout(zygote, tmp_path, layout):
+    name, options, max_delay = LAYOUTS[layout]
+    seen, interrupted = kill_layout_repeatedly(zygote, tmp_path / name, options, max_delay, LAYOUT_KILLS, seed=zlib.crc32(layout.encode()))
+    check_campaign(seen, interrupted, LAYOUT_KILLS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kill_during_save_of_each_layout_long(zygote, tmp_path, layout):
+    name, options, max_delay = LAYOUTS[layout]
+    seen, interrupted = kill_layout_repeatedly(zygote, tmp_path / name, options, max_delay, SLOW_LAYOUT_KILLS, seed=random.randrange(2**32))
+    check_campaign(seen, interrupted, SLOW_LAYOUT_KILLS)
+
+
 def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
     r"""Cleaning removes only dead savers' temporaries: a live process may be writing."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import os
 import re
 
@@ -191,3 +192,64 @@ def test_saves_call_the_system_only_through_the_injection_points():
     )
     found = [f"{s.name}:{n}: {line.strip()}" for s in sources for n, line in enumerate(s.read_text().splitlines(), 1) if direct.search(line)]
     assert found == [], "route these calls through inox_io.atomic.syscalls:\n" + "\n".join(found)
+
+
+#: The layouts of several files: the checkpoint's name and the options of its saves.
+LAYOUTS = {"index": ("model.safetensors.index.json", {"max_shard_size": 300}), "sharded": ("ckpt", {})}
+
+
+def own_files(path: Path) -> List[str]:
+    if path.name.endswith(".safetensors.index.json"):
+        return sorted({path.name, *json.loads(path.read_text())["weight_map"].values()})
+    return [path.name]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fault_at_every_call_of_each_layout(tmp_path, layout):
+    r"""A save of an index and its shards, or of a sharded directory, failing at any of
+    its system calls: a clear OSError, the previous checkpoint loads whole (or the new
+    one, if the fault came after its commit), and the next save leaves nothing else."""
+
+    name, options = LAYOUTS[layout]
+
+    def save_layout(path: Path, generation: int) -> None:
+        inox_io.save(path, make_tree(generation), overwrite=True, metadata={"generation": str(generation)}, **options)
+
+    probe = tmp_path / "probe" / name
+    probe.parent.mkdir()
+    save_layout(probe, 1)
+    with injected(Faults()) as clean:
+        save_layout(probe, 2)
+    calls = clean.calls
+    assert {"open", "fsync", "close"} <= set(calls) and set(WRITES) & set(calls), calls
+
+    outcomes = {"old": 0, "new": 0}
+    for index, call in enumerate(calls):
+        for code in ERRNOS:
+            for persistent in (False, True):
+                where = f"{layout}: fault {os.strerror(code)} at call {index} ({call}), persistent={persistent}"
+                directory = tmp_path / f"{index}-{code}-{persistent}"
+                directory.mkdir()
+                path = directory / name
+                save_layout(path, 1)
+                with injected(Faults(index, code, persistent)) as faults:
+                    try:
+                        save_layout(path, 2)
+                        error = None
+                    except OSError as e:
+                        error = e
+                assert faults.calls[index] == call, f"{where}: the calls changed: {faults.calls}"
+
+                generation = generation_of(inox_io.load(path, make_tree(0)))  # whole, verified
+                if error is None:
+                    assert generation == 2, where
+                else:
+                    assert error.errno == code and str(path) in str(error), f"{where}: unclear error: {error!r}"
+                    if generation == 1:
+                        assert "not saved" in str(error) or "untouched" in str(error), f"{where}: {error}"
+                outcomes["old" if generation == 1 else "new"] += 1
+
+                save_layout(path, 3)  # the folder is usable, and keeps only the checkpoint
+                assert generation_of(inox_io.load(path, make_tree(0))) == 3, where
+                assert sorted(os.listdir(directory)) == own_files(path), where
+    assert outcomes["old"] > 0, outcomes  # not vacuous: faults did fail saves

@@ -233,7 +233,7 @@ def test_a_live_save_keeps_its_temporaries(tmp_path):
     save_dir(path, TREE)
     live = tmp_path / f"{TEMP_PREFIX}ckpt.1.0123abcd"
     live.mkdir()
-    with save_guard(tmp_path, lambda: None):  # a save running in the folder
+    with save_guard(tmp_path, lambda: None, target=path):  # a save running in the folder
         save_dir(path, TREE, overwrite=True)
         assert live.exists()
     save_dir(path, TREE, overwrite=True)
