@@ -308,10 +308,12 @@ def render(path: Path, manifest: Manifest) -> List[str]:
 
     lines.append("")
     alias_map = bool(manifest.aliases) and not manifest.libraries  # another tool's (torch's save_model)
-    if manifest.ties:
-        lines.append("ties (explicit sharing)")
+    if manifest.ties or manifest.named_ties:
+        # A file saved with names stores its arrays under them: its ties are the tree's
+        # as declared, for the record, and its shared names say which arrays are one.
+        lines.append("ties (explicit sharing)" if manifest.ties else "ties (explicit sharing, as declared in the tree saved)")
         scopes: Dict[str, list] = {}
-        for tie in manifest.ties:
+        for tie in manifest.ties or manifest.named_ties:
             scopes.setdefault(tie.scope, []).append(tie)
         for scope, ties in scopes.items():
             lines.append(f"  scope {scope or '<root>'}")
@@ -324,7 +326,10 @@ def render(path: Path, manifest: Manifest) -> List[str]:
         lines.append("ties: none")
 
     lines.append("")
-    if manifest.aliases and not alias_map:
+    if manifest.aliases and manifest.named_ties:
+        lines.append("shared names (one stored array under several names)")
+        lines += table([(alias, "= " + key) for alias, key in manifest.aliases.items()], sep=" ")
+    elif manifest.aliases and not alias_map:
         lines.append("implicit sharing (same array object, no Reference)")
         lines += table([(alias, "= " + key) for alias, key in manifest.aliases.items()], sep=" ")
     else:

@@ -410,3 +410,13 @@ def test_every_key_impl_through_every_layout(tmp_path, dst, capsys):
     assert_trees_bits_equal(restored.keys, dtype_zoo().keys)
     for name in ("threefry", "rbg", "unsafe_rbg"):
         assert jax.random.key_impl(restored.keys[name]) == jax.random.key_impl(dtype_zoo().keys[name])
+
+
+def test_inspect_a_named_export_shows_the_declared_ties(model, tmp_path, capsys):
+    path = tmp_path / "named.safetensors"
+    inox_io.save(path, model, names=inox_io.torch_names)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"ties \(explicit sharing, as declared in the tree saved\)\n  scope <root>\n    'l1'\s+\.l1\s+aliases \.l2\n", out), out
+    assert re.search(r"shared names \(one stored array under several names\)\n  l2\.bias\s+= l1\.bias\n", out), out
+    assert "implicit sharing" not in out
