@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, List, Sequence, TypeVar
 
 from .. import distributed
 from ..atomic import (
-    TEMP_PREFIX, AtomicFile, fsync_directory, save_error, save_guard, temporaries_of, temporary_path, temporary_stem, write_all,
+    TEMP_PREFIX, DurableFile, fsync_directory, save_error, save_guard, temporaries_of, temporary_path, temporary_stem, write_all,
 )  # fmt: skip
 
 #: The file of a checkpoint directory that describes it, written last.
@@ -332,7 +332,7 @@ def save_directory(
             agree(error)  # every process's files are durable (or none commits)
             parts = distributed.gather("parts", part)
             if primary:
-                with AtomicFile(temp / MANIFEST) as f:
+                with DurableFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest(parts).encode())
                 fsync_directory(temp)
                 commit(temp, path, overwrite)

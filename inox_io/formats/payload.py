@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from ..atomic import MAX_BUFFERS, AtomicFile, advance, open_regular, pwrite_all, syscalls, write_all, writev_all
+from ..atomic import MAX_BUFFERS, AtomicFile, DurableFile, advance, open_regular, pwrite_all, syscalls, write_all, writev_all
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import Manifest
 from .checksums import Checksums, Piece, crc32
@@ -145,8 +145,11 @@ def write_payload_file(
     *,
     overwrite: bool,
     progress: Callable[[int], None] | None = None,
+    in_place: bool = False,
 ) -> None:
-    r"""Writes ``header | prefix_1 | array_1 | prefix_2 | array_2 ...`` atomically.
+    r"""Writes ``header | prefix_1 | array_1 | prefix_2 | array_2 ...`` atomically
+    (:class:`~inox_io.atomic.AtomicFile`), or with :py:`in_place` as a new file of a
+    directory committed as a whole (:class:`~inox_io.atomic.DurableFile`).
 
     The header is written first with placeholder checksums of fixed width, the arrays
     are streamed, many per ``writev`` call and at most :data:`CHUNK_BYTES` at a time,
@@ -168,7 +171,8 @@ def write_payload_file(
     slots = _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
 
     written = 0  # bytes of arrays
-    with AtomicFile(path, overwrite=overwrite) as f, Checksums() as crcs, Writeback(f.fd) as writeback:
+    file = DurableFile(path) if in_place else AtomicFile(path, overwrite=overwrite)
+    with file as f, Checksums() as crcs, Writeback(f.fd) as writeback:
 
         def flush(run: Run) -> Run:
             nonlocal written

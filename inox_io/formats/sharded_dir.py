@@ -278,9 +278,9 @@ class ChunkSource(collections.abc.Mapping):
 
 
 def write_pieces(path: Path, pieces: Sequence[Piece], progress: Callable[[int], None] | None = None) -> List[Dict[str, Any]]:
-    r"""Writes the pieces back to back into a data file, atomically, and returns their
-    shard entries (without ``file``); :py:`progress` is called with the bytes written
-    so far."""
+    r"""Writes the pieces back to back into a new data file of a directory committed as
+    a whole, durably, and returns their shard entries (without ``file``);
+    :py:`progress` is called with the bytes written so far."""
 
     chunks: Dict[str, ArrayInfo] = {}
     where: Dict[str, Tuple[int, int, int]] = {}
@@ -293,7 +293,7 @@ def write_pieces(path: Path, pieces: Sequence[Piece], progress: Callable[[int], 
     index = Manifest(chunks)
     write_payload_file(
         path, index, lambda m: b"", lambda text: text, [(b"", cid) for cid in chunks], ChunkSource(pieces, where),
-        overwrite=False, progress=progress,
+        overwrite=False, progress=progress, in_place=True,
     )  # fmt: skip
     entries, offset, cids = [], 0, iter(chunks)
     for piece in pieces:
@@ -365,7 +365,7 @@ class ShardedDirectoryFormat(Format):
         def write(temp: Path, pieces: List[Piece]) -> List[Tuple[str, Dict[str, Any]]]:
             if not pieces:
                 return []
-            written = write_pieces(temp / name, pieces, progress)  # fsynced, as is its directory entry
+            written = write_pieces(temp / name, pieces, progress)  # fsynced; its name with the directory
             return [(p.key, {"file": name, **e}) for p, e in zip(pieces, written)]
 
         def manifest_of(everyone: Sequence[List[Tuple[str, Dict[str, Any]]]]) -> str:
