@@ -311,10 +311,15 @@ def whole_crc(info: ArrayInfo, shards: Sequence[Dict[str, Any]]) -> str | None:
 
     if crc32_combine is None:
         return None
-    whole, itemsize = tuple((0, n) for n in info.storage_shape), info.storage_dtype.itemsize
+    shape, itemsize = info.storage_shape, info.storage_dtype.itemsize
+    whole, rows, row_bytes = tuple((0, n) for n in shape), [[0, n] for n in shape[1:]], math.prod(shape[1:]) * itemsize
     runs = []
     for shard in shards:
-        first, end, contiguous = span(whole, tuple(map(tuple, shard["index"])))
+        box = shard["index"]
+        if box[1:] == rows:  # whole rows, the usual split: no need to walk the box
+            runs.append((box[0][0] * row_bytes if box else 0, shard))
+            continue
+        first, end, contiguous = span(whole, tuple(map(tuple, box)))
         if not contiguous:
             return None
         runs.append((first * itemsize, shard))
@@ -328,11 +333,23 @@ def whole_crc(info: ArrayInfo, shards: Sequence[Dict[str, Any]]) -> str | None:
     return f"{value:08x}" if position == info.nbytes else None
 
 
-def manifest_text(manifest: Manifest, shards: Mapping[str, List[Dict[str, Any]]]) -> str:
-    r"""The manifest's JSON with this layout's fields after the v1 ones."""
+#: How the manifests of this layout begin: a save over a directory learns its layout
+#: from these bytes, without parsing a manifest that lists every shard.
+SIGNATURE = json.dumps({"layout": LAYOUT}, separators=(",", ":"))[:-1]
 
-    extra = json.dumps({"layout": LAYOUT, "chunk_bytes": CHUNK_BYTES, "shards": shards}, separators=(",", ":"))
-    return manifest.to_json()[:-1] + "," + extra[1:]  # two JSON objects' members, joined
+
+def manifest_text(manifest: Manifest, shards: Mapping[str, List[Dict[str, Any]]]) -> str:
+    r"""The manifest's JSON: this layout's name and chunk size first (:data:`SIGNATURE`),
+    then the v1 fields, then the shards.
+
+    Example:
+        >>> manifest_text(Manifest({}), {})[:40]
+        '{"layout":"sharded","chunk_bytes":104857'
+    """
+
+    head = json.dumps({"layout": LAYOUT, "chunk_bytes": CHUNK_BYTES}, separators=(",", ":"))
+    tail = json.dumps({"shards": shards}, separators=(",", ":"))
+    return head[:-1] + "," + manifest.to_json()[1:-1] + "," + tail[1:]  # three JSON objects' members, joined
 
 
 class ShardedDirectoryFormat(Format):
@@ -429,9 +446,13 @@ def read_manifest(path: Path, dir_fd: int | None = None) -> Tuple[bytes, Any]:
 
 def layout_of(path: Path) -> str | None:
     r"""The layout a directory's manifest names (None: the orbax layout, or no valid
-    manifest)."""
+    manifest). A manifest that begins with this layout's :data:`SIGNATURE` is not parsed
+    here (a reader parses it whole, and refuses a duplicate ``layout``)."""
 
     try:
+        text, _ = read_regular(path / MANIFEST, MAX_MANIFEST_BYTES)
+        if text.startswith(SIGNATURE.encode()):
+            return LAYOUT
         data = read_manifest(path)[1]
     except (CheckpointError, OSError):
         return None
