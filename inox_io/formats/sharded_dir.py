@@ -610,12 +610,14 @@ class Plan:
 
         with Checksums() as crcs:
             batch: List[Read] = []
+            size = 0  # bytes of the batch
             for read in sorted(self.direct, key=lambda r: (r.shard.file, r.shard.offset + r.begin)):
-                if batch and not self.follows(batch, read):
+                if batch and not self.follows(batch, size, read):
                     self.reader.read(batch)
                     crcs.submit([piece for r in batch for piece in self.chunks(r)])
-                    batch = []
+                    batch, size = [], 0
                 batch.append(read)
+                size += len(read.view)
             if batch:
                 self.reader.read(batch)
                 crcs.submit([piece for r in batch for piece in self.chunks(r)])
@@ -636,16 +638,16 @@ class Plan:
         return problems
 
     @staticmethod
-    def follows(batch: List[Read], read: Read) -> bool:
-        r"""Whether a read continues a batch: the next bytes of the same file, within
-        one system call's limits."""
+    def follows(batch: List[Read], size: int, read: Read) -> bool:
+        r"""Whether a read continues a batch of :py:`size` bytes: the next bytes of the
+        same file, within one system call's limits."""
 
         last = batch[-1]
         return (
             read.shard.file == last.shard.file
             and read.shard.offset + read.begin == last.shard.offset + last.begin + len(last.view)
             and len(batch) < MAX_BUFFERS
-            and sum(len(r.view) for r in batch) + len(read.view) <= READ_CHUNK_BYTES
+            and size + len(read.view) <= READ_CHUNK_BYTES
         )
 
 
