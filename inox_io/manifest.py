@@ -235,7 +235,15 @@ class Manifest:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, source: str, no_checksums_by_design: bool = False) -> Manifest:
+    def from_json(
+        cls,
+        text: str | bytes,
+        *,
+        source: str,
+        no_checksums_by_design: bool = False,
+        parsed: Any = None,
+        layout_fields: Iterable[str] = (),
+    ) -> Manifest:
         r"""Parses and validates a manifest.
 
         Arguments:
@@ -243,6 +251,10 @@ class Manifest:
                 (a directory saved by several processes), so that the manifest's
                 ``no_checksums`` is believed. Elsewhere it is ignored: every writer of
                 the other layouts computes checksums, so such a claim is crafted.
+            parsed: The JSON value of :py:`text`, where the caller parsed it already
+                (with :func:`no_duplicate_keys`): a layout reading its own fields.
+            layout_fields: Fields that the layout reading the manifest checks itself,
+                entry by entry: left out of the depth check, as ``arrays`` is.
 
         Raises:
             CheckpointError: naming :py:`source`, on anything malformed.
@@ -253,13 +265,16 @@ class Manifest:
 
         if len(text) > MAX_MANIFEST_BYTES:
             fail(f"{len(text)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
-        try:
-            data = json.loads(text, object_pairs_hook=no_duplicate_keys)
-        except (ValueError, RecursionError, UnicodeDecodeError) as e:
-            fail(f"not valid JSON ({e})")
+        data = parsed
+        if data is None:
+            try:
+                data = json.loads(text, object_pairs_hook=no_duplicate_keys)
+            except (ValueError, RecursionError, UnicodeDecodeError) as e:
+                fail(f"not valid JSON ({e})")
         # The array entries are left out: their fields are checked one by one (and
         # described with reprlib, which bounds depth), and they are thousands.
-        if _depth(data if not isinstance(data, dict) else {k: v for k, v in data.items() if k != "arrays"}) > MAX_JSON_DEPTH:
+        unchecked = {"arrays", *layout_fields}
+        if _depth(data if not isinstance(data, dict) else {k: v for k, v in data.items() if k not in unchecked}) > MAX_JSON_DEPTH:
             fail(f"nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             fail(f"format {FORMAT!r} expected")

@@ -688,7 +688,8 @@ class ShardedReader(Reader):
         try:
             self.status = os.fstat(folder)
             text, data = read_manifest(self.path, folder)
-            self.manifest = Manifest.from_json(text, source=str(self.path))
+            # Parsed once; the shards, thousands of entries, are checked one by one below.
+            self.manifest = Manifest.from_json(text, source=str(self.path), parsed=data, layout_fields=["shards"])
             self.chunk, self.shards = parse_shards(self.path, self.manifest, data)
         except BaseException:
             os.close(folder)
