@@ -15,7 +15,8 @@ Example:
     >>> with scope('example'):
     ...     broadcast('token', 7), gather('ok', True)
     (7, [True])
-    >>> agree('/tmp/ckpt', None)  # no error here, nor, in one process, anywhere else
+    >>> agree('/tmp/ckpt', None, 'done')  # no error here, nor, in one process, anywhere else
+    ['done']
 """
 
 from __future__ import annotations
@@ -120,16 +121,20 @@ def gather(what: str, value: Any) -> List[Any]:
     return [json.loads(client.blocking_key_value_get(f"{key}/{i}", wait)) for i in range(jax.process_count())]
 
 
-def agree(path: str | os.PathLike, error: BaseException | None) -> None:
+def agree(path: str | os.PathLike, error: BaseException | None, value: Any = None) -> List[Any]:
     r"""Raises this process's :py:`error`, or on every other process the same
     :class:`CheckpointError` naming the first process that failed and its error, so
-    that no process reports success alone. Also a barrier.
+    that no process reports success alone. Also a barrier. Returns every process's
+    :py:`value` (JSON), by process index: what the processes send each other once
+    they agree, in the same round.
     """
 
     outcome = None if error is None else f"{type(error).__name__}: {error}"
-    failures = [(i, o) for i, o in enumerate(gather("outcome", outcome)) if o is not None]
+    everyone = gather("outcome", [outcome, value])
+    failures = [(i, o) for i, (o, _) in enumerate(everyone) if o is not None]
     if error is not None:
         raise error
     if failures:
         process, message = failures[0]
         raise CheckpointError(Path(path), f"failed on process {process}: {message}; nothing was committed")
+    return [v for _, v in everyone]

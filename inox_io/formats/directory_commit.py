@@ -278,8 +278,10 @@ def save_directory(
     write: Callable[[Path, Prepared], Part],
     manifest: Callable[[Sequence[Part]], str],
     failure: Callable[[BaseException, Path], BaseException] = said_of_target,
-) -> None:
-    r"""Saves the checkpoint directory :py:`path` from every process of the job.
+    result: Callable[[], Any] = lambda: None,
+) -> Any:
+    r"""Saves the checkpoint directory :py:`path` from every process of the job, and
+    returns process 0's :py:`result()` (JSON) after the commit, on every process.
 
     Each step ends with an agreement of all processes (:func:`inox_io.distributed.agree`),
     so that a failure anywhere (a full disk, a bad array, Ctrl-C) fails the save on every
@@ -306,8 +308,8 @@ def save_directory(
         '{"sizes": [5]}'
     """
 
-    def agree(error: BaseException | None) -> None:
-        distributed.agree(path, None if error is None else failure(error, path))
+    def agree(error: BaseException | None, value: Any = None) -> List[Any]:
+        return distributed.agree(path, None if error is None else failure(error, path), value)
 
     check_target(path, overwrite)  # on every process, before any collective: all fail alike
     primary = distributed.is_primary()
@@ -315,6 +317,7 @@ def save_directory(
     error: BaseException | None = None
     prepared: Any = None
     part: Any = None
+    outcome: Any = None
     with contextlib.ExitStack() as held:
         try:
             try:
@@ -329,16 +332,16 @@ def save_directory(
                 part = write(temp, prepared)
             except BaseException as e:
                 error = e
-            agree(error)  # every process's files are durable (or none commits)
-            parts = distributed.gather("parts", part)
+            parts = agree(error, part)  # every process's files are durable (or none commits)
             if primary:
                 with DurableFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest(parts).encode())
                 fsync_directory(temp)
                 commit(temp, path, overwrite)
+                outcome = result()
         except BaseException as e:
             error = e
         finally:
             if primary and temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
-    agree(error)
+    return agree(error, outcome if primary and error is None else None)[0]

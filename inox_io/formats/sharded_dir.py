@@ -52,7 +52,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from .. import distributed
 from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, open_regular, read_regular, replaced
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
@@ -395,9 +394,12 @@ class ShardedDirectoryFormat(Format):
                 info.crc32 = whole_crc(info, shards[key]) if shards[key] else f"{0:08x}"  # no bytes
             return manifest_text(manifest, shards)
 
-        save_directory(path, overwrite, prepare=lambda: plan(manifest, arrays), write=write, manifest=manifest_of)
+        crcs = save_directory(
+            path, overwrite, prepare=lambda: plan(manifest, arrays), write=write, manifest=manifest_of,
+            result=lambda: [info.crc32 for info in manifest.arrays.values()],
+        )  # fmt: skip
         # Committed: every process returns the manifest written.
-        for info, crc in zip(manifest.arrays.values(), distributed.broadcast("crc32", [i.crc32 for i in manifest.arrays.values()])):
+        for info, crc in zip(manifest.arrays.values(), crcs):
             info.crc32 = crc
 
     def open(self, path: Path) -> ShardedReader:
