@@ -17,9 +17,10 @@ from inox.tree import mask, unmask
 
 from .errors import damage_error
 from .fit import Shardings, fit
-from .formats import Reader, format_of, open_checkpoint, write_options
+from .formats import Format, Reader, format_of, open_checkpoint, write_options
 from .manifest import Manifest, build
 from .names import Keep, Names, Transforms, name_arrays
+from .storage import reading, writing
 
 PyTree = Any
 
@@ -114,15 +115,15 @@ def save(
         (["['w']"], {'step': 10})
     """
 
-    path = Path(path)
-    fmt = format_of(path, format)
-    options = write_options(fmt, path, max_shard_size=max_shard_size)
-    _writable_parent(path)
-    with _paused_gc():
-        manifest, arrays = build(tree, metadata)
-        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
-        fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
-        return manifest
+    with writing(path, overwrite=overwrite) as path:
+        fmt = format_of(path, format)
+        options = write_options(fmt, path, max_shard_size=max_shard_size)
+        _writable_parent(path)
+        with _paused_gc():
+            manifest, arrays = build(tree, metadata)
+            manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
+            fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
+    return manifest
 
 
 def _writable_parent(path: Path) -> None:
@@ -195,7 +196,7 @@ def load(
         {"['a']": Array([0., 1., 2.], dtype=float32), "['act']": 'relu'}
     """
 
-    with _paused_gc(), open_checkpoint(path) as reader:
+    with _paused_gc(), reading(path) as local, open_checkpoint(local) as reader:
         found = fit(reader, like, names=names, transforms=transforms)
         found.report(strict=strict, stacklevel=2, statics=statics)
         arrays = reader.load(found.targets(shardings), verify=verify)
@@ -213,7 +214,7 @@ def inspect(path: str | os.PathLike) -> Manifest:
         {"['w']": ArrayInfo(dtype='bfloat16', shape=(2, 3), nbytes=12, crc32='...', key_impl=None)}
     """
 
-    with open_checkpoint(path) as reader:
+    with reading(path) as local, open_checkpoint(local) as reader:
         return reader.manifest
 
 
@@ -254,7 +255,7 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
         verify 20 20
     """
 
-    with open_checkpoint(path) as reader:
+    with reading(path) as local, open_checkpoint(local) as reader:
         problems = _verify_all(reader, progress)
         if problems:
             raise damage_error(reader.path, problems, "damaged:")
@@ -288,25 +289,35 @@ def convert(
         ["['w']"]
     """
 
-    dst = Path(dst)
-    fmt = format_of(dst, format)
-    _writable_parent(dst)
-    with open_checkpoint(src) as reader:
-        problems = _verify_all(reader, progress)
-        if problems:
-            raise damage_error(reader.path, problems, "damaged, not converted:")
-        manifest = reader.manifest
-        arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
-        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+    with writing(dst, overwrite=overwrite) as dst:
+        fmt = format_of(dst, format)
+        _writable_parent(dst)
+        with reading(src) as local, open_checkpoint(local) as reader:
+            return _convert(reader, dst, fmt, overwrite, progress, names, keep)
 
-        def wrote(done: int) -> None:
-            progress("write", done, manifest.nbytes)
 
-        if progress is not None:
-            progress("write", 0, manifest.nbytes)
-        fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra, progress=None if progress is None else wrote)
-        if progress is not None:
-            progress("write", manifest.nbytes, manifest.nbytes)
+def _convert(
+    reader: Reader, dst: Path, fmt: Format, overwrite: bool, progress: Progress | None, names: Names | None,
+    keep: Keep | None,
+) -> Manifest:
+    r"""Writes what :py:`reader` holds at :py:`dst` in :py:`fmt`, verified first;
+    returns the manifest written."""
+
+    problems = _verify_all(reader, progress)
+    if problems:
+        raise damage_error(reader.path, problems, "damaged, not converted:")
+    manifest = reader.manifest
+    arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
+    manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+
+    def wrote(done: int) -> None:
+        progress("write", done, manifest.nbytes)
+
+    if progress is not None:
+        progress("write", 0, manifest.nbytes)
+    fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra, progress=None if progress is None else wrote)
+    if progress is not None:
+        progress("write", manifest.nbytes, manifest.nbytes)
     return manifest
 
 

@@ -1,0 +1,250 @@
+r"""Checkpoints on object storage, committed without rename: the commit protocol.
+
+A checkpoint at ``scheme://bucket/KEY`` is the files a layout wrote into a local
+folder (the checkpoint itself, and the shards beside it for the Hugging Face index),
+stored as objects under a fresh *generation* prefix, then committed by one small
+object written last, at ``KEY`` itself: the *commit record*, naming the generation and
+every file with its size. An object PUT is atomic, so a reader sees the old record or
+the new one, each naming complete files; a save killed before its record leaves the
+previous checkpoint as it was, and files of its own that nobody reads. Once the new
+record is written, the save deletes every other generation under ``KEY.inox-data/``:
+the previous checkpoint's files and the leftovers of killed saves.
+
+.. code-block:: text
+
+    KEY                                   the commit record (JSON), written last
+    KEY.inox-data/<generation>/<files>    the files of the committed generation
+    KEY.inox-data/<other>/...             a killed save's, or the replaced one's
+
+Example:
+    >>> record = commit_record('19c3-5f2a', {'model.safetensors': 120})
+    >>> parse_record(record, 's3://b/model.safetensors')
+    ('19c3-5f2a', {'model.safetensors': 120})
+    >>> parse_record(b'{"safetensors": 1}', 's3://b/model.safetensors')
+    Traceback (most recent call last):
+      ...
+    inox_io.errors.CheckpointError: s3://b/model.safetensors: not an inox_io commit record (expected JSON with "inox_io_commit", "generation" and "files"; see docs/format.md)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DATA_SUFFIX", "commit_record", "parse_record", "committed", "publish", "fetch", "remove", "children", "clean",
+    "leftovers",
+]  # fmt: skip
+
+import json
+import os
+import secrets
+import time
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from ..errors import CheckpointError
+from .bucket import bucket
+from .location import ObjectURL
+
+#: What follows a checkpoint's key in the prefix of its generations.
+DATA_SUFFIX = ".inox-data"
+_VERSION = 1
+#: Bytes per ranged request, and most bytes in flight (memory held) while moving files.
+PART_BYTES, WINDOW_BYTES = 16 << 20, 256 << 20
+_RETRIES = 3  # re-reads of the record when a file vanished under a reader (a newer save)
+
+
+def commit_record(generation: str, files: Dict[str, int]) -> bytes:
+    r"""The commit record of a generation and its files (relative paths, sizes)."""
+
+    return json.dumps({"inox_io_commit": _VERSION, "generation": generation, "files": files}, indent=1).encode()
+
+
+def parse_record(data: bytes, url: ObjectURL | str) -> Tuple[str, Dict[str, int]]:
+    r"""The generation and files of a commit record.
+
+    Raises:
+        CheckpointError: if :py:`data` is not a commit record of this version.
+    """
+
+    try:
+        record = json.loads(data)
+        generation, files = record["generation"], record["files"]
+        good = record["inox_io_commit"] == _VERSION and isinstance(generation, str) and "/" not in generation
+        good = good and isinstance(files, dict) and all(_safe(n) and type(s) is int and s >= 0 for n, s in files.items())
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        good = False
+    if not good:
+        raise CheckpointError(
+            url,
+            'not an inox_io commit record (expected JSON with "inox_io_commit", "generation" and "files"; '
+            "see docs/format.md)",
+        )
+    return generation, files
+
+
+def _safe(name: str) -> bool:
+    r"""Whether a file name of a record stays inside the folder it is fetched into."""
+
+    parts = name.split("/")
+    return isinstance(name, str) and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def _data(url: ObjectURL, generation: str = "") -> str:
+    return f"{url.key}{DATA_SUFFIX}/{generation}/" if generation else f"{url.key}{DATA_SUFFIX}/"
+
+
+def committed(url: ObjectURL) -> Tuple[str, Dict[str, int]] | None:
+    r"""The generation and files committed at :py:`url`, or :py:`None`."""
+
+    data = bucket(url).get(url.key)
+    return None if data is None else parse_record(data, url)
+
+
+def _files(folder: Path) -> Dict[str, int]:
+    return {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def _batches(sizes: List[Tuple[str, int]]) -> List[List[Tuple[str, int, int]]]:
+    r"""Parts :py:`(name, start, stop)` of the files, grouped so that each group holds
+    at most :data:`WINDOW_BYTES` (or one part)."""
+
+    groups: List[List[Tuple[str, int, int]]] = [[]]
+    held = 0
+    for name, size in sizes:
+        for start in range(0, size, PART_BYTES):  # empty files: created, not read
+            stop = min(size, start + PART_BYTES)
+            if held + stop - start > WINDOW_BYTES and groups[-1]:
+                groups.append([])
+                held = 0
+            groups[-1].append((name, start, stop))
+            held += stop - start
+    return [g for g in groups if g]
+
+
+def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
+    r"""Stores the files of :py:`folder` under a fresh generation of :py:`url`, then
+    commits them (writes the record), then deletes the other generations.
+
+    Each file is one object, written from memory (tensorstore's kvstore writes take a
+    whole value): files go up several at a time, at most :data:`WINDOW_BYTES` held
+    beyond the largest file.
+
+    Raises:
+        FileExistsError: if a checkpoint is committed at :py:`url` and not :py:`overwrite`.
+    """
+
+    store = bucket(url)
+    if not overwrite and committed(url) is not None:
+        raise FileExistsError(f"{url} exists; pass overwrite=True to replace it")
+    generation = f"{time.time_ns():x}-{secrets.token_hex(4)}"
+    files = _files(folder)
+    prefix = _data(url, generation)
+    batch: List[Tuple[str, bytes]] = []
+    held = 0
+    for name, size in files.items():
+        if batch and held + size > WINDOW_BYTES:
+            store.put_many(batch)
+            batch, held = [], 0
+        batch.append((prefix + name, (folder / name).read_bytes()))
+        held += size
+    store.put_many(batch)
+    if not overwrite and committed(url) is not None:  # another writer came first
+        clean(url, keep=())
+        raise FileExistsError(f"{url} appeared during the save; pass overwrite=True to replace it")
+    store.put_many([(url.key, commit_record(generation, files))])
+    clean(url, keep=(generation,))
+
+
+def clean(url: ObjectURL, keep: Tuple[str, ...] | None = None) -> None:
+    r"""Deletes the generations of :py:`url` but those of :py:`keep` (by default the
+    committed one): leftovers of killed saves, a replaced checkpoint."""
+
+    if keep is None:
+        record = committed(url)
+        keep = () if record is None else (record[0],)
+    store = bucket(url)
+    prefix = _data(url)
+    keep_prefixes = tuple(prefix + g + "/" for g in keep)
+    store.delete([k for k in store.keys(prefix) if not k.startswith(keep_prefixes)])
+
+
+def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
+    r"""Copies the committed files of :py:`url` (those under :py:`part` only, if
+    given) into :py:`folder`, with ranged requests, several in flight.
+
+    Raises:
+        FileNotFoundError: if no checkpoint is committed at :py:`url`.
+        CheckpointError: if a file of the committed generation is missing or has
+            another size than the record says.
+    """
+
+    store = bucket(url)
+    for attempt in range(_RETRIES + 1):
+        record = committed(url)
+        if record is None:
+            raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
+        generation, files = record
+        wanted = sorted((n, s) for n, s in files.items() if part is None or n == part or n.startswith(part + "/"))
+        try:
+            _download(store, url, _data(url, generation), wanted, folder)
+            return
+        except FileNotFoundError:
+            again = committed(url)
+            if attempt == _RETRIES or again is None or again[0] == generation:
+                raise CheckpointError(url, f"generation {generation}: a committed file is missing (damaged)") from None
+
+
+def _download(store, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]], folder: Path) -> None:
+    fds = {}
+    try:
+        for name, size in wanted:
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for group in _batches(wanted):
+            values = store.get_ranges([(prefix + name, start, stop) for name, start, stop in group])
+            for (name, start, stop), value in zip(group, values):
+                if value is None:
+                    raise FileNotFoundError(prefix + name)
+                if len(value) != stop - start:
+                    raise CheckpointError(url, f"{name}: {stop - start} bytes expected at {start}, {len(value)} found")
+                os.pwrite(fds[name], value, start)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def remove(url: ObjectURL) -> None:
+    r"""Deletes a checkpoint: its record first (it is gone at once), then its files."""
+
+    bucket(url).delete([url.key])
+    clean(url, keep=())
+
+
+def children(url: ObjectURL) -> List[str]:
+    r"""The names of the checkpoints committed directly under the prefix :py:`url`
+    (its records' last key parts)."""
+
+    prefix = f"{url.key}/" if url.key else ""
+    names = set()
+    for key in bucket(url).keys(prefix):
+        name = key[len(prefix):]
+        if "/" not in name and not name.endswith(DATA_SUFFIX):
+            names.add(name)
+    return sorted(names)
+
+
+def leftovers(url: ObjectURL) -> List[str]:
+    r"""The names under the prefix :py:`url` that have generations (committed or not)."""
+
+    prefix = f"{url.key}/" if url.key else ""
+    names = set()
+    for key in bucket(url).keys(prefix):
+        head = key[len(prefix):].split("/", 1)[0]
+        if head.endswith(DATA_SUFFIX):
+            names.add(head[: -len(DATA_SUFFIX)])
+    return sorted(names)

@@ -1,0 +1,181 @@
+r"""Checkpoints on object storage (gs://, s3://), against real servers of each protocol
+started here on 127.0.0.1: moto's S3 server and gcp-storage-emulator's GCS server
+(see ``object_servers.py``). Every layout and entry point, the commit protocol, and
+the errors of a missing bucket, wrong credentials and a missing object."""
+
+from __future__ import annotations
+
+import os
+
+from typing import Iterator
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("moto.server")
+pytest.importorskip("gcp_storage_emulator")
+
+import inox_io
+
+from inox_io.storage import locate
+from inox_io.storage.bucket import bucket
+from inox_io.storage.commit import DATA_SUFFIX, committed
+from models import WeightSharingMLP, assert_tied
+from object_servers import BUCKET, Servers
+
+SCHEMES = ["s3", "gs"]
+#: name, save options: every layout (the HF index with several shards).
+LAYOUTS = {
+    "safetensors": ("model.safetensors", {}),
+    "msgpack": ("model.msgpack", {}),
+    "hf_index": ("model.safetensors.index.json", {"max_shard_size": 600}),
+    "sharded": ("ckpt", {}),
+    "orbax": ("ckpt", {"format": "orbax"}),
+}
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    servers = Servers()
+    saved = {name: os.environ.get(name) for name in servers.environment}
+    os.environ.update(servers.environment)
+    yield servers
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    servers.stop()
+
+
+@pytest.fixture
+def root(servers, request) -> str:
+    r"""A fresh prefix of the test bucket, for the scheme the test is parametrized by."""
+
+    callspec = getattr(request.node, "callspec", None)
+    scheme = callspec.params.get("scheme", "s3") if callspec else "s3"
+    return f"{scheme}://{BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}"
+
+
+def keys(url: str) -> list:
+    where = locate(url)
+    return bucket(where).keys(where.key)
+
+
+def model(seed: int = 0) -> WeightSharingMLP:
+    return WeightSharingMLP(jax.random.key(seed), features=8)
+
+
+def assert_same(restored: WeightSharingMLP, expected: WeightSharingMLP) -> None:
+    assert_tied(restored)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_round_trip_keeps_ties(root, scheme, layout):
+    name, options = LAYOUTS[layout]
+    url = f"{root}/{name}"
+    tree = model()
+    manifest = inox_io.save(url, tree, metadata={"step": 3}, **options)
+    assert inox_io.inspect(url).arrays.keys() == manifest.arrays.keys()
+    assert inox_io.inspect(url).metadata["step"] == 3
+    assert inox_io.verify(url).ties == manifest.ties
+    assert_same(inox_io.load(url, model(1)), tree)
+    # One generation, committed by the record at the URL itself.
+    generation, files = committed(locate(url))
+    prefix = f"{locate(url).key}{DATA_SUFFIX}/{generation}/"
+    assert sorted(keys(url)) == sorted([locate(url).key, *(prefix + f for f in files)])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_convert_between_local_and_buckets(root, scheme, tmp_path):
+    tree = model()
+    inox_io.save(tmp_path / "a.msgpack", tree)
+    inox_io.convert(tmp_path / "a.msgpack", f"{root}/b.safetensors")
+    inox_io.convert(f"{root}/b.safetensors", f"{root}/c", format="orbax")
+    inox_io.convert(f"{root}/c", tmp_path / "d.safetensors")
+    assert_same(inox_io.load(tmp_path / "d.safetensors", model(1)), tree)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_replacing_save_removes_old_objects_and_leftovers(root, scheme):
+    url = f"{root}/ckpt"
+    inox_io.save(url, model(0))
+    with pytest.raises(FileExistsError, match=f"{url} exists; pass overwrite=True"):
+        inox_io.save(url, model(1))
+    # What a save killed before its commit leaves: files of a generation nobody names.
+    where = locate(url)
+    bucket(where).put_many([(f"{where.key}{DATA_SUFFIX}/dead-beef/ckpt/manifest.json", b"partial")])
+    old = committed(where)[0]
+    inox_io.save(url, model(1), overwrite=True)
+    new = committed(where)[0]
+    assert new != old
+    assert all(k == where.key or f"/{new}/" in k for k in keys(url)), keys(url)
+    assert_same(inox_io.load(url, model(2)), model(1))
+
+
+def test_failed_save_commits_nothing(root):
+    url = f"{root}/model.safetensors"
+    inox_io.save(url, model(0))
+    with pytest.raises(TypeError):
+        inox_io.save(url, model(1), overwrite=True, metadata={"bad": object()})
+    assert_same(inox_io.load(url, model(1)), model(0))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_missing_checkpoint_and_bucket(root, scheme):
+    url = f"{root}/nothing.safetensors"
+    with pytest.raises(FileNotFoundError, match=f"{url}: no such checkpoint"):
+        inox_io.load(url)
+    nobucket = f"{scheme}://no-such-bucket-inox/x/model.safetensors"
+    with pytest.raises(FileNotFoundError, match=f"{nobucket}.*bucket no-such-bucket-inox does not exist"):
+        inox_io.save(nobucket, model())
+    with pytest.raises(FileNotFoundError, match=f"{nobucket}: no such checkpoint"):
+        inox_io.inspect(nobucket)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_missing_object_is_damage(root, scheme):
+    url = f"{root}/ckpt"
+    inox_io.save(url, model())
+    where = locate(url)
+    generation, files = committed(where)
+    victim = max(files, key=files.get)  # the arrays' data
+    bucket(where).delete([f"{where.key}{DATA_SUFFIX}/{generation}/{victim}"])
+    with pytest.raises(inox_io.CheckpointError, match=f"{url}: generation {generation}: a committed file is missing"):
+        inox_io.load(url, model(1))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_not_a_commit_record(root, scheme):
+    url = f"{root}/model.safetensors"
+    where = locate(url)
+    bucket(where).put_many([(where.key, b"\x00not json")])
+    with pytest.raises(inox_io.CheckpointError, match=f"{url}: not an inox_io commit record"):
+        inox_io.load(url)
+
+
+def test_wrong_credentials(root, monkeypatch):
+    from moto import settings
+
+    url = f"{root}/model.safetensors"
+    inox_io.save(url, model())
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys from now on
+    with pytest.raises(PermissionError, match=f"{url}: reading failed: access denied or no valid credentials"):
+        inox_io.load(url)
+    with pytest.raises(PermissionError, match="access denied or no valid credentials"):
+        inox_io.save(f"{root}/other.safetensors", model())
+
+
+def test_other_schemes_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="http://host/m.safetensors: unsupported URL scheme 'http'"):
+        inox_io.save("http://host/m.safetensors", model())
+    from pathlib import Path
+
+    with pytest.raises(ValueError, match="a URL made into a local path"):
+        inox_io.save(Path("s3://bucket/m.safetensors"), model())
+    assert list(tmp_path.iterdir()) == []  # no folder named 's3:'
