@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ObjectURL", "locate", "writing", "reading", "staging_folder"]
+__all__ = ["ObjectURL", "locate", "writing", "reading", "staging_folder", "one_process"]
 
 from .location import ObjectURL, locate
-from .staging import reading, staging_folder, writing
+from .staging import one_process, reading, staging_folder, writing

@@ -173,8 +173,9 @@ def clean(url: ObjectURL, keep: Tuple[str, ...] | None = None) -> None:
 
 
 def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
-    r"""Copies the committed files of :py:`url` (those under :py:`part` only, if
-    given) into :py:`folder`, with ranged requests, several in flight.
+    r"""Copies the committed files of :py:`url` (those whose path starts with
+    :py:`part` only, if given) into :py:`folder`, with ranged requests, several in
+    flight.
 
     Raises:
         FileNotFoundError: if no checkpoint is committed at :py:`url`.
@@ -188,7 +189,7 @@ def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
         if record is None:
             raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
         generation, files = record
-        wanted = sorted((n, s) for n, s in files.items() if part is None or n == part or n.startswith(part + "/"))
+        wanted = sorted((n, s) for n, s in files.items() if part is None or n.startswith(part))
         try:
             _download(store, url, _data(url, generation), wanted, folder)
             return

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["writing", "reading", "staging_folder"]
+__all__ = ["writing", "reading", "staging_folder", "one_process"]
 
 import contextlib
 import os
@@ -66,7 +66,7 @@ def writing(path: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
     if not isinstance(where, ObjectURL):
         yield where
         return
-    _one_process(where)
+    one_process(where)
     if not where.key:
         raise ValueError(f"{where}: no object name; expected {where.scheme}://bucket/path")
     if not overwrite and commit.committed(where) is not None:
@@ -81,8 +81,9 @@ def writing(path: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
 @contextlib.contextmanager
 def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
     r"""The local path to read the checkpoint of :py:`path` at: :py:`path` itself, or
-    for a URL, the committed files fetched into a staging folder (those under
-    :py:`part` only, a path relative to the checkpoint, if given).
+    for a URL, the committed files fetched into a staging folder (for a checkpoint
+    directory, only the files whose path in it starts with :py:`part`, if given: an
+    item of a manager's step and the shards beside it).
 
     Raises:
         FileNotFoundError: if no checkpoint is committed at the URL.
@@ -99,7 +100,10 @@ def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
             yield local
 
 
-def _one_process(url: ObjectURL) -> None:
+def one_process(url: ObjectURL) -> None:
+    r"""Refuses to write :py:`url` from a job of several processes: each would stage
+    its own files on its own disk, and nothing gathers them before the commit."""
+
     import jax
 
     if jax.process_count() > 1:

@@ -179,3 +179,39 @@ def test_other_schemes_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="a URL made into a local path"):
         inox_io.save(Path("s3://bucket/m.safetensors"), model())
     assert list(tmp_path.iterdir()) == []  # no folder named 's3:'
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("item_format", [None, "orbax"])
+def test_manager_save_restore_retention(root, scheme, item_format):
+    from inox_io import CheckpointManager
+
+    with CheckpointManager(root, max_to_keep=2, item_format=item_format) as manager:
+        for step in range(1, 5):
+            manager.save(step, {"model": model(step), "data": {"offset": 32 * step}}, metrics={"loss": 1.0 / step})
+        manager.wait_until_finished()
+        assert manager.all_steps() == [3, 4]
+        restored = manager.restore(like={"model": model(0)})
+        assert restored["data"] == {"offset": 128}
+        assert_same(restored["model"], model(4))
+        manager.delete(3)
+    reader = CheckpointManager(root, read_only=True)
+    assert reader.all_steps() == [4] and reader.metrics(4) == {"loss": 0.25}
+    assert_same(reader.restore(4, like={"model": model(0)})["model"], model(4))
+    assert all(k.startswith(f"{locate(root).key}/4") for k in keys(root)), keys(root)
+    with pytest.raises(FileNotFoundError, match=f"{root}/3: no complete step 3"):
+        reader.metadata(3)
+
+
+def test_manager_start_removes_leftovers(root):
+    from inox_io import CheckpointManager
+
+    with CheckpointManager(root, async_save=False) as manager:
+        manager.save(1, {"model": model()})
+    where = locate(root)
+    dead = [f"{where.key}/2.inox-data/dead-beef/2/model.safetensors", f"{where.key}/1.inox-data/dead-beef/1/x"]
+    bucket(where).put_many([(k, b"partial") for k in dead])
+    with CheckpointManager(root) as manager:
+        assert manager.all_steps() == [1]
+        assert not set(dead) & set(keys(root))
+        assert_same(manager.restore(like={"model": model(1)})["model"], model())
