@@ -6,7 +6,7 @@ generation after generation to one path until it is killed. The child prints its
 when it is about to save; the zygote reaps it when it dies and prints its wait status.
 So the test kills a real process at a random moment for the price of a fork::
 
-    -> {"path": "/tmp/x/model.safetensors", "generation": 7}
+    -> {"path": "/tmp/x/model.safetensors", "generation": 7, "options": {}}
     <- go 12345          (from the child)
     (the test sends SIGKILL to 12345 after a random delay)
     <- exit 9            (from the zygote)
@@ -77,14 +77,18 @@ def generation_of(tree: Any) -> int:
     return g
 
 
-def save_forever(path: str, generation: int, zygote: int) -> None:
-    r"""Saves generation, generation + 1, ... to :py:`path` until killed (or orphaned)."""
+def save_forever(path: str, generation: int, zygote: int, options: dict) -> None:
+    r"""Saves generation, generation + 1, ... to :py:`path` until killed (or orphaned),
+    with :py:`options` of :func:`inox_io.save` (``format``, ``max_shard_size``)."""
+
+    import jax
 
     import inox_io
 
+    jax.process_count()  # starts JAX's runtime (which directory saves need) before the kill clock
     print(f"go {os.getpid()}", flush=True)
     while os.getppid() == zygote:  # stop if the zygote died: never outlive the test
-        inox_io.save(path, make_tree(generation), overwrite=True, metadata={"generation": str(generation)})
+        inox_io.save(path, make_tree(generation), overwrite=True, metadata={"generation": str(generation)}, **options)
         generation += 1
 
 
@@ -134,6 +138,9 @@ def reap(pid: int) -> int:
 def main() -> None:
     import inox_io  # imported before forking, once
 
+    # Its public names load at their first use: load the savers' now, not in each child.
+    inox_io.save, inox_io.CheckpointManager
+
     zygote = os.getpid()
     print(f"ready {inox_io.__file__}", flush=True)
     for command in commands():
@@ -145,7 +152,7 @@ def main() -> None:
                 if command.get("manager"):
                     manage_forever(command["path"], command["generation"], zygote)
                 else:
-                    save_forever(command["path"], command["generation"], zygote)
+                    save_forever(command["path"], command["generation"], zygote, command.get("options", {}))
             except BaseException as e:  # reported on stderr; the test sees the status
                 print(f"child: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 code = 1

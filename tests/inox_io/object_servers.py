@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["BUCKET", "Servers", "environment"]
 
+import http.server
 import logging
 
 from typing import Dict
@@ -43,6 +44,9 @@ class Servers:
         self.moto.start()
         host, port = self.moto.get_host_and_port()
         self.s3_endpoint = f"http://{host}:{port}"
+        # The emulator serves one request at a time, and its listen backlog (5) drops the
+        # connections of more concurrent requests: each then waits a 1 s SYN retransmit.
+        http.server.HTTPServer.request_queue_size = 128
         self.gcs = create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
         self.gcs.start()
         self.gcs_host = f"127.0.0.1:{self.gcs._api._httpd.server_port}"

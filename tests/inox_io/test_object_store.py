@@ -215,3 +215,24 @@ def test_manager_start_removes_leftovers(root):
         assert manager.all_steps() == [1]
         assert not set(dead) & set(keys(root))
         assert_same(manager.restore(like={"model": model(1)})["model"], model())
+
+
+def test_command_line(root, capsys):
+    from inox_io import CheckpointManager
+    from inox_io.cli import main
+
+    url = f"{root}/model.safetensors"
+    inox_io.save(url, model())
+    assert main(["inspect", url]) == 0
+    assert main(["verify", url]) == 0 and "every checksum matches" in capsys.readouterr().out
+    assert main(["convert", url, f"{root}/ckpt", "--format", "orbax"]) == 0
+    assert main(["convert", url, f"{root}/ckpt"]) == 1 and f"{root}/ckpt already exists" in capsys.readouterr().err
+    assert_same(inox_io.load(f"{root}/ckpt", model(1)), model())
+    with CheckpointManager(f"{root}/run", async_save=False) as manager:
+        manager.save(5, {"model": model(), "data": {"offset": 3}})
+    capsys.readouterr()
+    assert main(["steps", f"{root}/run"]) == 0 and "1 complete step" in capsys.readouterr().out
+    assert main(["inspect", f"{root}/run/5"]) == 0 and "step 5" in capsys.readouterr().out
+    assert main(["verify", f"{root}/run/5"]) == 0 and "step 5, 1 array item" in capsys.readouterr().out
+    assert main(["inspect", "ftp://host/m.safetensors"]) == 2
+    assert "unsupported URL scheme 'ftp'" in capsys.readouterr().err
