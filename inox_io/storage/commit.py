@@ -187,6 +187,7 @@ def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
     for attempt in range(_RETRIES + 1):
         record = committed(url)
         if record is None:
+            _probe_bucket(url)
             raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
         generation, files = record
         wanted = sorted((n, s) for n, s in files.items() if part is None or n.startswith(part))
@@ -197,6 +198,19 @@ def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
             again = committed(url)
             if attempt == _RETRIES or again is None or again[0] == generation:
                 raise CheckpointError(url, f"generation {generation}: a committed file is missing (damaged)") from None
+
+
+def _probe_bucket(url: ObjectURL) -> None:
+    r"""Raises the error that says why nothing is at :py:`url`, where a listing tells
+    (a missing bucket, denied access): a read of a missing object in a missing bucket
+    answers "missing" as in an existing one."""
+
+    try:
+        bucket(url).keys(url.key)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError:
+        pass  # no better answer than "no such checkpoint" (the GCS emulator's, for one)
 
 
 def _download(store, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]], folder: Path) -> None:
