@@ -238,3 +238,21 @@ def test_command_line(root, capsys):
     assert main(["verify", f"{root}/run/5"]) == 0 and "step 5, 1 array item" in capsys.readouterr().out
     assert main(["inspect", "ftp://host/m.safetensors"]) == 2
     assert "unsupported URL scheme 'ftp'" in capsys.readouterr().err
+
+
+def test_reader_retries_when_a_save_replaces_what_it_reads(root, monkeypatch):
+    from inox_io.storage.bucket import Bucket
+
+    url = f"{root}/model.safetensors"
+    inox_io.save(url, model(0))
+    get_ranges, calls = Bucket.get_ranges, []
+
+    def replaced_meanwhile(self, ranges):
+        if not calls:  # the reader has the old record; a save commits and deletes its files
+            inox_io.save(url, model(1), overwrite=True)
+        calls.append(ranges)
+        return get_ranges(self, ranges)
+
+    monkeypatch.setattr(Bucket, "get_ranges", replaced_meanwhile)
+    assert_same(inox_io.load(url, model(2)), model(1))
+    assert len(calls) == 2  # the old generation's files were gone: read again from the new record
