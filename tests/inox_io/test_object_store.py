@@ -180,7 +180,11 @@ def test_other_schemes_are_refused(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="a URL made into a local path"):
         inox_io.save(Path("s3://bucket/m.safetensors"), model())
-    assert list(tmp_path.iterdir()) == []  # no folder named 's3:'
+    with pytest.raises(ValueError, match="ftp://host/run: unsupported URL scheme 'ftp'"):
+        inox_io.CheckpointManager("ftp://host/run")
+    with pytest.raises(ValueError, match="a URL made into a local path"):
+        inox_io.CheckpointManager(Path("gs://bucket/run"))
+    assert list(tmp_path.iterdir()) == []  # no folder named 's3:', 'gs:' or 'ftp:'
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
