@@ -76,8 +76,8 @@ def storage_error(url: ObjectURL | str, error: BaseException, doing: str) -> OSE
         return FileNotFoundError(f"{url}: {doing} failed: bucket {bucket} does not exist ({brief})")
     if any(word in text for word in denied):
         return PermissionError(
-            f"{url}: {doing} failed: access denied or no valid credentials ({brief}); see the guide's "
-            "'Object storage' section for the variables each cloud reads"
+            f"{url}: {doing} failed: access denied or no valid credentials ({brief}); docs/guide.md, "
+            "'Checkpoints on object storage', names the variables each cloud reads"
         )
     return OSError(f"{url}: {doing} failed: {brief}")
 

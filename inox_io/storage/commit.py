@@ -221,7 +221,12 @@ def _download(store, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]],
             path.parent.mkdir(parents=True, exist_ok=True)
             fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         for group in _batches(wanted):
-            values = store.get_ranges([(prefix + name, start, stop) for name, start, stop in group])
+            try:
+                values = store.get_ranges([(prefix + name, start, stop) for name, start, stop in group])
+            except OSError as e:
+                if "OUT_OF_RANGE" not in str(e):
+                    raise
+                raise CheckpointError(url, f"a file is shorter than its commit record says (damaged): {e}") from None
             for (name, start, stop), value in zip(group, values):
                 if value is None:
                     raise FileNotFoundError(prefix + name)

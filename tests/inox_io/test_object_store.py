@@ -146,7 +146,12 @@ def test_missing_object_is_damage(root, scheme):
     where = locate(url)
     generation, files = committed(where)
     victim = max(files, key=files.get)  # the arrays' data
-    bucket(where).delete([f"{where.key}{DATA_SUFFIX}/{generation}/{victim}"])
+    key = f"{where.key}{DATA_SUFFIX}/{generation}/{victim}"
+    data = bucket(where).get(key)
+    bucket(where).put_many([(key, data[: len(data) // 2])])
+    with pytest.raises(inox_io.CheckpointError, match=f"{url}: a file is shorter than its commit record says"):
+        inox_io.load(url, model(1))
+    bucket(where).delete([key])
     with pytest.raises(inox_io.CheckpointError, match=f"{url}: generation {generation}: a committed file is missing"):
         inox_io.load(url, model(1))
 
