@@ -13,24 +13,25 @@ the previous checkpoint's files and the leftovers of killed saves.
 .. code-block:: text
 
     KEY                                   the commit record (JSON), written last
-    KEY.inox-data/<generation>/<files>    the files of the committed generation
+    KEY.inox-data/<generation>/<files>    the files of the committed generation (a file
+                                          over 64 MiB: then <file>.inox-part-1, -2, ...)
     KEY.inox-data/<other>/...             a killed save's, or the replaced one's
 
 Example:
     >>> record = commit_record('19c3-5f2a', {'model.safetensors': 120})
     >>> parse_record(record, 's3://b/model.safetensors')
-    ('19c3-5f2a', {'model.safetensors': 120})
+    Record(generation='19c3-5f2a', files={'model.safetensors': 120}, object_bytes=67108864)
     >>> parse_record(b'{"safetensors": 1}', 's3://b/model.safetensors')
     Traceback (most recent call last):
       ...
-    inox_io.errors.CheckpointError: s3://b/model.safetensors: not an inox_io commit record (expected JSON with "inox_io_commit", "generation" and "files"; see docs/format.md)
+    inox_io.errors.CheckpointError: s3://b/model.safetensors: not an inox_io commit record (expected JSON with "inox_io_commit", "generation", "object_bytes" and "files"; see docs/format.md)
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "DATA_SUFFIX", "commit_record", "parse_record", "committed", "publish", "fetch", "remove", "children", "clean",
-    "leftovers",
+    "DATA_SUFFIX", "OBJECT_BYTES", "Record", "commit_record", "parse_record", "object_key", "committed", "publish", "fetch",
+    "remove", "children", "clean", "leftovers",
 ]  # fmt: skip
 
 import json
@@ -39,10 +40,10 @@ import secrets
 import time
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from ..errors import CheckpointError
-from .bucket import bucket
+from .bucket import Bucket, bucket
 from .location import ObjectURL
 
 #: What follows a checkpoint's key in the prefix of its generations.
@@ -50,17 +51,44 @@ DATA_SUFFIX = ".inox-data"
 _VERSION = 1
 #: Bytes per ranged request, and most bytes in flight (memory held) while moving files.
 PART_BYTES, WINDOW_BYTES = 16 << 20, 256 << 20
+#: A file's bytes per object: larger files are stored in several (see :func:`object_key`),
+#: so that no upload holds a whole file in memory (tensorstore writes whole values).
+#: A multiple of PART_BYTES, so that each ranged read lies in one object.
+OBJECT_BYTES = 4 * PART_BYTES
 _RETRIES = 3  # re-reads of the record when a file vanished under a reader (a newer save)
 
 
 def commit_record(generation: str, files: Dict[str, int]) -> bytes:
     r"""The commit record of a generation and its files (relative paths, sizes)."""
 
-    return json.dumps({"inox_io_commit": _VERSION, "generation": generation, "files": files}, indent=1).encode()
+    record = {"inox_io_commit": _VERSION, "generation": generation, "object_bytes": OBJECT_BYTES, "files": files}
+    return json.dumps(record, indent=1).encode()
 
 
-def parse_record(data: bytes, url: ObjectURL | str) -> Tuple[str, Dict[str, int]]:
-    r"""The generation and files of a commit record.
+def object_key(prefix: str, name: str, index: int) -> str:
+    r"""The object holding the bytes :py:`[index * OBJECT_BYTES, (index + 1) * OBJECT_BYTES)`
+    of the file :py:`name`: the file's own name for the first (so that a file of at most
+    :data:`OBJECT_BYTES` is one object of its name), then numbered ones.
+
+    Example:
+        >>> object_key('ckpt.inox-data/g/', 'ckpt/0.data', 0), object_key('ckpt.inox-data/g/', 'ckpt/0.data', 2)
+        ('ckpt.inox-data/g/ckpt/0.data', 'ckpt.inox-data/g/ckpt/0.data.inox-part-2')
+    """
+
+    return prefix + name if index == 0 else f"{prefix}{name}.inox-part-{index}"
+
+
+class Record(NamedTuple):
+    r"""A commit record: the generation, its files (relative paths, sizes), and the
+    bytes of a file per object (see :func:`object_key`)."""
+
+    generation: str
+    files: Dict[str, int]
+    object_bytes: int
+
+
+def parse_record(data: bytes, url: ObjectURL | str) -> Record:
+    r"""The commit record in :py:`data`.
 
     Raises:
         CheckpointError: if :py:`data` is not a commit record of this version.
@@ -68,18 +96,19 @@ def parse_record(data: bytes, url: ObjectURL | str) -> Tuple[str, Dict[str, int]
 
     try:
         record = json.loads(data)
-        generation, files = record["generation"], record["files"]
+        generation, files, object_bytes = record["generation"], record["files"], record["object_bytes"]
         good = record["inox_io_commit"] == _VERSION and isinstance(generation, str) and "/" not in generation
+        good = good and type(object_bytes) is int and object_bytes > 0
         good = good and isinstance(files, dict) and all(_safe(n) and type(s) is int and s >= 0 for n, s in files.items())
     except (ValueError, TypeError, KeyError, UnicodeDecodeError):
         good = False
     if not good:
         raise CheckpointError(
             url,
-            'not an inox_io commit record (expected JSON with "inox_io_commit", "generation" and "files"; '
-            "see docs/format.md)",
+            'not an inox_io commit record (expected JSON with "inox_io_commit", "generation", "object_bytes" '
+            'and "files"; see docs/format.md)',
         )
-    return generation, files
+    return Record(generation, files, object_bytes)
 
 
 def _safe(name: str) -> bool:
@@ -93,8 +122,8 @@ def _data(url: ObjectURL, generation: str = "") -> str:
     return f"{url.key}{DATA_SUFFIX}/{generation}/" if generation else f"{url.key}{DATA_SUFFIX}/"
 
 
-def committed(url: ObjectURL) -> Tuple[str, Dict[str, int]] | None:
-    r"""The generation and files committed at :py:`url`, or :py:`None`."""
+def committed(url: ObjectURL) -> Record | None:
+    r"""The record committed at :py:`url`, or :py:`None`."""
 
     data = bucket(url).get(url.key)
     return None if data is None else parse_record(data, url)
@@ -108,20 +137,28 @@ def _files(folder: Path) -> Dict[str, int]:
     }
 
 
-def _batches(sizes: List[Tuple[str, int]]) -> List[List[Tuple[str, int, int]]]:
-    r"""Parts :py:`(name, start, stop)` of the files, grouped so that each group holds
-    at most :data:`WINDOW_BYTES` (or one part)."""
+def _batches(sizes: List[Tuple[str, int]], object_bytes: int) -> List[List[Tuple[str, int, int, int]]]:
+    r"""The parts :py:`(name, object, start, stop)` of the files (bytes of an object, at
+    most :data:`PART_BYTES`), grouped so that each group holds at most
+    :data:`WINDOW_BYTES` (or one part).
 
-    groups: List[List[Tuple[str, int, int]]] = [[]]
+    Example:
+        >>> _batches([('a', 5), ('b', 0), ('c', 3)], 4)
+        [[('a', 0, 0, 4), ('a', 1, 0, 1), ('c', 0, 0, 3)]]
+    """
+
+    groups: List[List[Tuple[str, int, int, int]]] = [[]]
     held = 0
     for name, size in sizes:
-        for start in range(0, size, PART_BYTES):  # empty files: created, not read
-            stop = min(size, start + PART_BYTES)
-            if held + stop - start > WINDOW_BYTES and groups[-1]:
-                groups.append([])
-                held = 0
-            groups[-1].append((name, start, stop))
-            held += stop - start
+        for index, first in enumerate(range(0, size, object_bytes)):  # empty files: created, not read
+            length = min(object_bytes, size - first)
+            for start in range(0, length, PART_BYTES):
+                stop = min(length, start + PART_BYTES)
+                if held + stop - start > WINDOW_BYTES and groups[-1]:
+                    groups.append([])
+                    held = 0
+                groups[-1].append((name, index, start, stop))
+                held += stop - start
     return [g for g in groups if g]
 
 
@@ -129,9 +166,9 @@ def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
     r"""Stores the files of :py:`folder` under a fresh generation of :py:`url`, then
     commits them (writes the record), then deletes the other generations.
 
-    Each file is one object, written from memory (tensorstore's kvstore writes take a
-    whole value): files go up several at a time, at most :data:`WINDOW_BYTES` held
-    beyond the largest file.
+    tensorstore's kvstore writes take whole values from memory: each file goes up in
+    objects of at most :data:`OBJECT_BYTES`, read from its staged copy as they are
+    sent, several at a time, at most :data:`WINDOW_BYTES` (or one object) held.
 
     Raises:
         FileExistsError: if a checkpoint is committed at :py:`url` and not :py:`overwrite`.
@@ -146,14 +183,17 @@ def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
     batch: List[Tuple[str, bytes]] = []
     held = 0
     for name, size in files.items():
-        if batch and held + size > WINDOW_BYTES:
-            store.put_many(batch)
-            batch, held = [], 0
-        batch.append((prefix + name, (folder / name).read_bytes()))
-        held += size
+        with open(folder / name, "rb", buffering=0) as f:
+            for index, start in enumerate(range(0, max(size, 1), OBJECT_BYTES)):  # an empty file: one object
+                value = os.pread(f.fileno(), min(OBJECT_BYTES, size - start), start)
+                if batch and held + len(value) > WINDOW_BYTES:
+                    store.put_many(batch)
+                    batch, held = [], 0
+                batch.append((object_key(prefix, name, index), value))
+                held += len(value)
     store.put_many(batch)
-    if not overwrite and committed(url) is not None:  # another writer came first
-        clean(url, keep=())
+    if not overwrite and committed(url) is not None:  # another writer came first: its checkpoint stays
+        store.delete(store.keys(prefix))
         raise FileExistsError(f"{url} appeared during the save; pass overwrite=True to replace it")
     store.put_many([(url.key, commit_record(generation, files))])
     clean(url, keep=(generation,))
@@ -189,10 +229,10 @@ def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
         if record is None:
             _probe_bucket(url)
             raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
-        generation, files = record
+        generation, files, object_bytes = record
         wanted = sorted((n, s) for n, s in files.items() if part is None or n.startswith(part))
         try:
-            _download(store, url, _data(url, generation), wanted, folder)
+            _download(store, url, _data(url, generation), wanted, object_bytes, folder)
             return
         except FileNotFoundError:
             again = committed(url)
@@ -213,26 +253,29 @@ def _probe_bucket(url: ObjectURL) -> None:
         pass  # no better answer than "no such checkpoint" (the GCS emulator's, for one)
 
 
-def _download(store, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]], folder: Path) -> None:
+def _download(
+    store: Bucket, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]], object_bytes: int, folder: Path
+) -> None:
     fds = {}
     try:
         for name, size in wanted:
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
             fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        for group in _batches(wanted):
+        for group in _batches(wanted, object_bytes):
             try:
-                values = store.get_ranges([(prefix + name, start, stop) for name, start, stop in group])
+                values = store.get_ranges([(object_key(prefix, name, i), start, stop) for name, i, start, stop in group])
             except OSError as e:
                 if "OUT_OF_RANGE" not in str(e):
                     raise
                 raise CheckpointError(url, f"a file is shorter than its commit record says (damaged): {e}") from None
-            for (name, start, stop), value in zip(group, values):
+            for (name, index, start, stop), value in zip(group, values):
                 if value is None:
-                    raise FileNotFoundError(prefix + name)
+                    raise FileNotFoundError(object_key(prefix, name, index))
+                offset = index * object_bytes + start
                 if len(value) != stop - start:
-                    raise CheckpointError(url, f"{name}: {stop - start} bytes expected at {start}, {len(value)} found")
-                os.pwrite(fds[name], value, start)
+                    raise CheckpointError(url, f"{name}: {stop - start} bytes expected at {offset}, {len(value)} found")
+                os.pwrite(fds[name], value, offset)
     finally:
         for fd in fds.values():
             os.close(fd)

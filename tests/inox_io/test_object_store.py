@@ -85,7 +85,7 @@ def test_round_trip_keeps_ties(root, scheme, layout):
     assert inox_io.verify(url).ties == manifest.ties
     assert_same(inox_io.load(url, model(1)), tree)
     # One generation, committed by the record at the URL itself.
-    generation, files = committed(locate(url))
+    generation, files, _ = committed(locate(url))
     prefix = f"{locate(url).key}{DATA_SUFFIX}/{generation}/"
     assert sorted(keys(url)) == sorted([locate(url).key, *(prefix + f for f in files)])
 
@@ -144,7 +144,7 @@ def test_missing_object_is_damage(root, scheme):
     url = f"{root}/ckpt"
     inox_io.save(url, model())
     where = locate(url)
-    generation, files = committed(where)
+    generation, files, _ = committed(where)
     victim = max(files, key=files.get)  # the arrays' data
     key = f"{where.key}{DATA_SUFFIX}/{generation}/{victim}"
     data = bucket(where).get(key)
@@ -265,3 +265,22 @@ def test_reader_retries_when_a_save_replaces_what_it_reads(root, monkeypatch):
     monkeypatch.setattr(Bucket, "get_ranges", replaced_meanwhile)
     assert_same(inox_io.load(url, model(2)), model(1))
     assert len(calls) == 2  # the old generation's files were gone: read again from the new record
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_large_files_go_in_several_objects(root, scheme, monkeypatch):
+    r"""Files over OBJECT_BYTES are split (each upload holds one object), read back with
+    ranged requests of PART_BYTES, at most WINDOW_BYTES at a time: small sizes here."""
+
+    from inox_io.storage import commit
+
+    monkeypatch.setattr(commit, "OBJECT_BYTES", 2048)
+    monkeypatch.setattr(commit, "PART_BYTES", 1024)
+    monkeypatch.setattr(commit, "WINDOW_BYTES", 4096)
+    url = f"{root}/model.safetensors"
+    tree = WeightSharingMLP(jax.random.key(0), features=32)  # ~17 KiB of arrays
+    inox_io.save(url, tree)
+    size = committed(locate(url)).files["model.safetensors"]
+    parts = [k for k in keys(url) if ".inox-part-" in k]
+    assert len(parts) == -(-size // 2048) - 1 >= 3
+    assert_same(inox_io.load(url, WeightSharingMLP(jax.random.key(1), features=32)), tree)
