@@ -58,6 +58,11 @@ class CheckpointManager:
     see complete steps. (The lock is advisory and local: it does not protect directories
     on network file systems without flock support, nor exists on Windows.)
 
+    The directory may be a bucket prefix, ``gs://bucket/run`` or ``s3://bucket/run``:
+    each step is then committed by an object written last (see
+    :mod:`inox_io.manager.bucket_steps`); there is no lock, and saving is done from one
+    process.
+
     Retention runs after each save: with :py:`max_to_keep`, only the newest
     :py:`max_to_keep` steps are kept, or, with :py:`best_fn`, the :py:`max_to_keep`
     best ones. The newest complete step (the one to resume from) and the step just
@@ -155,13 +160,11 @@ class CheckpointManager:
             if self._bucket is None and not self.directory.is_dir():
                 raise FileNotFoundError(f"{self.directory}: no such checkpoint directory")
             return
-        if self._bucket is not None:
-            self._scope = distributed.name("manager")
-            self._bucket.start_writer()
-            return
-
         # The names of this manager's agreements, the same on every process.
         self._scope = distributed.name("manager")
+        if self._bucket is not None:  # no lock on a bucket; one process (see BucketSteps)
+            self._bucket.start_writer()
+            return
         with distributed.scope(self._scope):
             error = None
             if distributed.is_primary():
