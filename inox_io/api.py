@@ -80,7 +80,8 @@ def save(
     never a partial one. The caller's tree is not modified.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         tree: A tree of arrays (modules, dicts, lists, ...).
         metadata: User metadata: names and JSON values (strings, numbers, booleans,
             None, lists, dicts), kept in the manifest; exports with :py:`names`
@@ -159,7 +160,8 @@ def load(
     a ``like`` is what rebuilds modules.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         like: A tree of the same structure, with concrete or abstract
             (:class:`jax.ShapeDtypeStruct`) arrays; see :func:`abstract`. An abstract
             array where the file holds a number takes the file's number.
@@ -204,7 +206,8 @@ def load(
 
 
 def inspect(path: str | os.PathLike) -> Manifest:
-    r"""Reads the manifest of a checkpoint, without reading its arrays.
+    r"""Reads the manifest of a checkpoint, without reading its arrays (at a ``gs://`` or
+    ``s3://`` URL, its files are fetched all the same: see ``docs/format.md``).
 
     Example:
         >>> import tempfile
@@ -236,7 +239,8 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
     r"""Reads every array of a checkpoint and checks it against its checksum.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         progress: Called as :py:`progress("verify", done, total)` after each array.
 
     Returns:
@@ -279,7 +283,8 @@ def convert(
     "write" stage, as the bytes are written. With :py:`names` (and :py:`keep`), the
     arrays are renamed as :func:`save` does, e.g. for PyTorch (``inox-io convert
     --names torch``). :py:`format` chooses among the formats of :py:`dst` as in
-    :func:`save` (``"orbax"`` for a directory).
+    :func:`save` (``"orbax"`` for a directory). Either may be a ``gs://`` or ``s3://``
+    URL, as in :func:`save` and :func:`load`.
 
     Example:
         >>> import tempfile
