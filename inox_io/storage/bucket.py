@@ -49,11 +49,12 @@ def spec(url: ObjectURL, environ: Mapping[str, str]) -> Dict[str, Any]:
 def _gcs_emulator(environ: os._Environ) -> None:
     r"""Points tensorstore's gcs driver at ``STORAGE_EMULATOR_HOST`` (the variable
     Google's client libraries read), without credentials: tensorstore reads its own
-    variables for both, ``TENSORSTORE_GCS_HTTP_URL`` and a fixed token."""
+    variables for both when a bucket is opened, ``TENSORSTORE_GCS_HTTP_URL`` (which
+    ``STORAGE_EMULATOR_HOST`` overrides) and a fixed token."""
 
     host = environ.get("STORAGE_EMULATOR_HOST")
     if host:
-        environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else f"http://{host}")
+        environ["TENSORSTORE_GCS_HTTP_URL"] = host if "://" in host else f"http://{host}"
         environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "anonymous")
 
 

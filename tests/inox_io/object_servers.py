@@ -9,12 +9,14 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["BUCKET", "Servers", "environment"]
+__all__ = ["BUCKET", "Servers", "environment", "serving"]
 
+import contextlib
 import http.server
 import logging
+import os
 
-from typing import Dict
+from typing import Dict, Iterator
 
 BUCKET = "inox-test"  #: The bucket each server holds.
 
@@ -60,3 +62,26 @@ class Servers:
     def stop(self) -> None:
         self.moto.stop()
         self.gcs.stop()
+
+
+#: What inox_io sets for the GCS emulator (see inox_io.storage.bucket), restored too.
+_SET_BY_INOX_IO = ["TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING"]
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[Servers]:
+    r"""Both servers, with their environment in :data:`os.environ` (for this process
+    and the processes it starts), as it was before afterwards."""
+
+    servers = Servers()
+    saved = {name: os.environ.get(name) for name in [*servers.environment, *_SET_BY_INOX_IO]}
+    os.environ.update(servers.environment)
+    try:
+        yield servers
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        servers.stop()

@@ -5,7 +5,6 @@ the errors of a missing bucket, wrong credentials and a missing object."""
 
 from __future__ import annotations
 
-import os
 
 from typing import Iterator
 
@@ -22,7 +21,7 @@ from inox_io.storage import locate
 from inox_io.storage.bucket import bucket
 from inox_io.storage.commit import DATA_SUFFIX, committed
 from models import WeightSharingMLP, assert_tied
-from object_servers import BUCKET, Servers
+from object_servers import BUCKET, Servers, serving
 
 SCHEMES = ["s3", "gs"]
 #: name, save options: every layout (the HF index with several shards).
@@ -35,18 +34,10 @@ LAYOUTS = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
-    servers = Servers()
-    saved = {name: os.environ.get(name) for name in servers.environment}
-    os.environ.update(servers.environment)
-    yield servers
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    servers.stop()
+    with serving() as servers:
+        yield servers
 
 
 @pytest.fixture

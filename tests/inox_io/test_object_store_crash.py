@@ -28,7 +28,7 @@ from crash_worker import generation_of, make_tree
 from inox_io.storage import locate
 from inox_io.storage.bucket import bucket
 from inox_io.storage.commit import DATA_SUFFIX, committed
-from object_servers import BUCKET, Servers
+from object_servers import BUCKET, serving
 from test_reliability_crash import Zygote
 
 KILLS = 6  #: per layout and scheme (12 per layout): half at random, half inside a save
@@ -46,18 +46,10 @@ LAYOUTS = {
 
 @pytest.fixture(scope="module")
 def zygote() -> Iterator[Zygote]:
-    servers = Servers()
-    saved = {name: os.environ.get(name) for name in servers.environment}
-    os.environ.update(servers.environment)
-    z = Zygote()  # inherits the servers' environment
-    yield z
-    z.close()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    servers.stop()
+    with serving():
+        z = Zygote()  # inherits the servers' environment
+        yield z
+        z.close()
 
 
 def generations(url: str) -> set:
