@@ -17,9 +17,10 @@ from inox.tree import mask, unmask
 
 from .errors import damage_error
 from .fit import Shardings, fit
-from .formats import Reader, format_of, open_checkpoint, write_options
+from .formats import Format, Reader, format_of, open_checkpoint, write_options
 from .manifest import Manifest, build
 from .names import Keep, Names, Transforms, name_arrays
+from .storage import reading, writing
 
 PyTree = Any
 
@@ -79,7 +80,8 @@ def save(
     never a partial one. The caller's tree is not modified.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         tree: A tree of arrays (modules, dicts, lists, ...).
         metadata: User metadata: names and JSON values (strings, numbers, booleans,
             None, lists, dicts), kept in the manifest; exports with :py:`names`
@@ -114,15 +116,15 @@ def save(
         (["['w']"], {'step': 10})
     """
 
-    path = Path(path)
-    fmt = format_of(path, format)
-    options = write_options(fmt, path, max_shard_size=max_shard_size)
-    _writable_parent(path)
-    with _paused_gc():
-        manifest, arrays = build(tree, metadata)
-        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
-        fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
-        return manifest
+    with writing(path, overwrite=overwrite) as path:
+        fmt = format_of(path, format)
+        options = write_options(fmt, path, max_shard_size=max_shard_size)
+        _writable_parent(path)
+        with _paused_gc():
+            manifest, arrays = build(tree, metadata)
+            manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep, transforms=transforms)
+            fmt.write(path, manifest, arrays, overwrite=overwrite, extra=extra, **options)
+    return manifest
 
 
 def _writable_parent(path: Path) -> None:
@@ -158,7 +160,8 @@ def load(
     a ``like`` is what rebuilds modules.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         like: A tree of the same structure, with concrete or abstract
             (:class:`jax.ShapeDtypeStruct`) arrays; see :func:`abstract`. An abstract
             array where the file holds a number takes the file's number.
@@ -195,7 +198,7 @@ def load(
         {"['a']": Array([0., 1., 2.], dtype=float32), "['act']": 'relu'}
     """
 
-    with _paused_gc(), open_checkpoint(path) as reader:
+    with _paused_gc(), reading(path) as local, open_checkpoint(local) as reader:
         found = fit(reader, like, names=names, transforms=transforms)
         found.report(strict=strict, stacklevel=2, statics=statics)
         arrays = reader.load(found.targets(shardings), verify=verify)
@@ -203,7 +206,8 @@ def load(
 
 
 def inspect(path: str | os.PathLike) -> Manifest:
-    r"""Reads the manifest of a checkpoint, without reading its arrays.
+    r"""Reads the manifest of a checkpoint, without reading its arrays (at a ``gs://`` or
+    ``s3://`` URL, its files are fetched all the same: see ``docs/format.md``).
 
     Example:
         >>> import tempfile
@@ -213,7 +217,7 @@ def inspect(path: str | os.PathLike) -> Manifest:
         {"['w']": ArrayInfo(dtype='bfloat16', shape=(2, 3), nbytes=12, crc32='...', key_impl=None)}
     """
 
-    with open_checkpoint(path) as reader:
+    with reading(path) as local, open_checkpoint(local) as reader:
         return reader.manifest
 
 
@@ -235,7 +239,8 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
     r"""Reads every array of a checkpoint and checks it against its checksum.
 
     Arguments:
-        path: The checkpoint's path.
+        path: The checkpoint's path, or its ``gs://bucket/...`` or ``s3://bucket/...`` URL
+            (see ``docs/guide.md``, "Checkpoints on object storage").
         progress: Called as :py:`progress("verify", done, total)` after each array.
 
     Returns:
@@ -254,7 +259,7 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
         verify 20 20
     """
 
-    with open_checkpoint(path) as reader:
+    with reading(path) as local, open_checkpoint(local) as reader:
         problems = _verify_all(reader, progress)
         if problems:
             raise damage_error(reader.path, problems, "damaged:")
@@ -278,7 +283,8 @@ def convert(
     "write" stage, as the bytes are written. With :py:`names` (and :py:`keep`), the
     arrays are renamed as :func:`save` does, e.g. for PyTorch (``inox-io convert
     --names torch``). :py:`format` chooses among the formats of :py:`dst` as in
-    :func:`save` (``"orbax"`` for a directory).
+    :func:`save` (``"orbax"`` for a directory). Either may be a ``gs://`` or ``s3://``
+    URL, as in :func:`save` and :func:`load`.
 
     Example:
         >>> import tempfile
@@ -288,25 +294,35 @@ def convert(
         ["['w']"]
     """
 
-    dst = Path(dst)
-    fmt = format_of(dst, format)
-    _writable_parent(dst)
-    with open_checkpoint(src) as reader:
-        problems = _verify_all(reader, progress)
-        if problems:
-            raise damage_error(reader.path, problems, "damaged, not converted:")
-        manifest = reader.manifest
-        arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
-        manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+    with writing(dst, overwrite=overwrite) as dst:
+        fmt = format_of(dst, format)
+        _writable_parent(dst)
+        with reading(src) as local, open_checkpoint(local) as reader:
+            return _convert(reader, dst, fmt, overwrite, progress, names, keep)
 
-        def wrote(done: int) -> None:
-            progress("write", done, manifest.nbytes)
 
-        if progress is not None:
-            progress("write", 0, manifest.nbytes)
-        fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra, progress=None if progress is None else wrote)
-        if progress is not None:
-            progress("write", manifest.nbytes, manifest.nbytes)
+def _convert(
+    reader: Reader, dst: Path, fmt: Format, overwrite: bool, progress: Progress | None, names: Names | None,
+    keep: Keep | None,
+) -> Manifest:
+    r"""Writes what :py:`reader` holds at :py:`dst` in :py:`fmt`, verified first;
+    returns the manifest written."""
+
+    problems = _verify_all(reader, progress)
+    if problems:
+        raise damage_error(reader.path, problems, "damaged, not converted:")
+    manifest = reader.manifest
+    arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
+    manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
+
+    def wrote(done: int) -> None:
+        progress("write", done, manifest.nbytes)
+
+    if progress is not None:
+        progress("write", 0, manifest.nbytes)
+    fmt.write(dst, manifest, arrays, overwrite=overwrite, extra=extra, progress=None if progress is None else wrote)
+    if progress is not None:
+        progress("write", manifest.nbytes, manifest.nbytes)
     return manifest
 
 

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, TextIO, T
 
 from . import keypath
 from .errors import CheckpointError
+from .storage.location import ObjectURL, locate
 from .version import __version__
 
 if TYPE_CHECKING:  # the commands import these, and with them JAX
@@ -362,6 +363,11 @@ def step_of(path: Path) -> int | None:
 
     from .manager import METADATA_FILE
 
+    if isinstance(path, ObjectURL):  # a step's record in a bucket
+        name = path.name
+        if name.isdigit() and str(int(name)) == name and int(name) in step_manager(path).all_steps():
+            return int(name)
+        return None
     name = Path(os.path.abspath(path)).name
     if name.isdigit() and str(int(name)) == name and (path / METADATA_FILE).is_file():
         return int(name)
@@ -374,6 +380,8 @@ def is_manager_directory(path: Path) -> bool:
 
     from .manager import LOCK_FILE, CheckpointManager
 
+    if isinstance(path, ObjectURL):  # no lock file in a bucket: its steps' records
+        return bool(CheckpointManager(path, read_only=True).all_steps())
     if not path.is_dir():
         return False
     return (path / LOCK_FILE).exists() or bool(CheckpointManager(path, read_only=True).all_steps())
@@ -384,7 +392,7 @@ def step_manager(path: Path) -> CheckpointManager:
 
     from .manager import CheckpointManager
 
-    return CheckpointManager(Path(os.path.abspath(path)).parent, read_only=True)
+    return CheckpointManager(path.parent if isinstance(path, ObjectURL) else Path(os.path.abspath(path)).parent, read_only=True)
 
 
 def step_record(manager: CheckpointManager, step: int) -> Dict[str, Any]:
@@ -395,13 +403,36 @@ def step_record(manager: CheckpointManager, step: int) -> Dict[str, Any]:
     """
 
     from .formats.directory_commit import disk_bytes
+    from .storage.commit import committed
 
     metadata = manager.metadata(step)
     folder = manager.step_directory(step)
+    if isinstance(folder, ObjectURL):  # the sizes its commit record lists
+        record = committed(folder)
+        if record is None:
+            raise FileNotFoundError(f"{folder}: no complete step {step}")
+
+        def size(item: str) -> int:
+            return sum(n for name, n in record[1].items() if name == item or name.startswith(item + "/"))
+    else:
+
+        def size(item: str) -> int:
+            return disk_bytes(folder.parent / item)
+
     for entry in metadata["items"].values():
         if "file" in entry:
-            entry["bytes"] = disk_bytes(folder / entry["file"])
-    return {**metadata, "bytes": disk_bytes(folder)}
+            entry["bytes"] = size(f"{step}/{entry['file']}")
+    return {**metadata, "bytes": size(str(step))}
+
+
+def item_manifest(step: Path | ObjectURL, name: str, file: str) -> Manifest:
+    r"""The manifest of a step's item (from a bucket, its files only are fetched)."""
+
+    from .api import inspect
+    from .storage import reading
+
+    with reading(step, part=name) as local:
+        return inspect(local / file)
 
 
 def step_records(manager: CheckpointManager) -> List[Dict[str, Any]]:
@@ -471,10 +502,9 @@ def render_step(path: Path, record: Dict[str, Any]) -> List[str]:
     r"""The report of :command:`inox-io inspect` on a step: its items, then each file
     item's report."""
 
-    from .api import inspect
-
+    parent = path.parent if isinstance(path, ObjectURL) else Path(os.path.abspath(path)).parent
     lines = [
-        f"{path}: step {record['step']} of the CheckpointManager directory {Path(os.path.abspath(path)).parent}, "
+        f"{path}: step {record['step']} of the CheckpointManager directory {parent}, "
         f"saved {saved_at(record.get('time'))}",
         f"metrics: {metrics_text(record['metrics'])}",
         f"size: {human_size(record['bytes'])}",
@@ -488,21 +518,18 @@ def render_step(path: Path, record: Dict[str, Any]) -> List[str]:
         else:
             rows.append((name, "json", json_text(entry["json"]), ""))
     lines += table(rows, right=[3]) if rows else ["  none"]
-    for entry in record["items"].values():
+    for name, entry in record["items"].items():
         if "file" in entry:
-            item = path / entry["file"]
-            lines += [""] + render(item, inspect(item))
+            lines += [""] + render(path / entry["file"], item_manifest(path, name, entry["file"]))
     return lines
 
 
 def step_json(path: Path, record: Dict[str, Any]) -> Dict[str, Any]:
     r"""A step's record, each file item with its manifest, for ``inspect --json``."""
 
-    from .api import inspect
-
-    for entry in record["items"].values():
+    for name, entry in record["items"].items():
         if "file" in entry:
-            entry["manifest"] = json.loads(inspect(path / entry["file"]).to_json())
+            entry["manifest"] = json.loads(item_manifest(path, name, entry["file"]).to_json())
     return record
 
 
@@ -552,12 +579,12 @@ def run_steps(args: argparse.Namespace) -> int:
     from .manager import CheckpointManager
 
     path = args.path
-    if not path.is_dir():
+    if isinstance(path, Path) and not path.is_dir():
         raise FileNotFoundError(f"{path}: no such directory")
     if step_of(path) is not None:
         raise UsageError(f"{path} is a step, not a CheckpointManager directory; inox-io steps {path.parent} lists its steps")
     if not is_manager_directory(path):
-        if (path / MANIFEST).is_file():
+        if isinstance(path, Path) and (path / MANIFEST).is_file():
             raise UsageError(f"{path} is a checkpoint, not a CheckpointManager directory; inox-io inspect {path} describes it")
         raise CheckpointError(path, "not a CheckpointManager directory (no complete step, no writer's lock file)")
     records = step_records(CheckpointManager(path, read_only=True))
@@ -567,18 +594,23 @@ def run_steps(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from .api import verify
+    from .storage import reading
 
     step = step_of(args.path)
     if step is not None:
-        items = step_manager(args.path).metadata(step)["items"].values()
-        paths = [args.path / entry["file"] for entry in items if "file" in entry]
-        what = f"step {step}, {plural(len(paths), 'array item')}: "
+        items = step_manager(args.path).metadata(step)["items"].items()
+        files = {name: entry["file"] for name, entry in items if "file" in entry}
+        what = f"step {step}, {plural(len(files), 'array item')}: "
     else:
         refuse_manager_path(args.path, "verify", f"one of its steps: inox-io verify {args.path / 'STEP'}")
-        paths, what = [args.path], ""
+        files, what = {None: None}, ""
     bar = progress_bar()
     try:
-        manifests = [verify(path, progress=bar) for path in paths]
+        manifests = []
+        for name, file in files.items():
+            # A step's item: the step's folder (fetched, the item's files only, from a bucket).
+            with reading(args.path, part=name) as local:
+                manifests.append(verify(local if file is None else local / file, progress=bar))
     finally:
         if bar:
             bar.close()
@@ -644,6 +676,20 @@ def check_paths(args: argparse.Namespace) -> None:
         raise UsageError(e) from None
 
 
+def location(text: str) -> Path | ObjectURL:
+    r"""A command's path or gs:// or s3:// URL (see :func:`inox_io.storage.locate`).
+
+    Example:
+        >>> location('s3://bucket/model.safetensors'), location('model.msgpack')
+        (ObjectURL(scheme='s3', bucket='bucket', key='model.safetensors'), PosixPath('model.msgpack'))
+    """
+
+    try:
+        return locate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="inox-io",
@@ -656,17 +702,17 @@ def parser() -> argparse.ArgumentParser:
     cmd = commands.add_parser(
         "inspect", help="show arrays, ties, statics, metadata and totals (a step: its items; a manager directory: its steps)"
     )
-    cmd.add_argument("path", type=Path, metavar="PATH")
+    cmd.add_argument("path", type=location, metavar="PATH")
     cmd.add_argument("--json", action="store_true", help="print the manifest JSON as stored (a step: its record, items' manifests inside)")
     cmd.set_defaults(run=run_inspect, paths=["path"])
 
     cmd = commands.add_parser("steps", help="list the complete steps of a CheckpointManager directory")
-    cmd.add_argument("path", type=Path, metavar="DIR")
+    cmd.add_argument("path", type=location, metavar="DIR")
     cmd.add_argument("--json", action="store_true", help="print the steps' records as JSON")
     cmd.set_defaults(run=run_steps, paths=[])
 
     cmd = commands.add_parser("verify", help="check every array against its checksum (a step: every item's)")
-    cmd.add_argument("path", type=Path, metavar="PATH")
+    cmd.add_argument("path", type=location, metavar="PATH")
     cmd.add_argument(
         "--allow-unchecked", action="store_true",
         help="exit 0 when the checkpoint has no checksums at all (e.g. written by another tool): nothing to verify is expected",
@@ -674,8 +720,8 @@ def parser() -> argparse.ArgumentParser:
     cmd.set_defaults(run=run_verify, paths=["path"])
 
     cmd = commands.add_parser("convert", help="rewrite a checkpoint in another format, ties kept")
-    cmd.add_argument("src", type=Path, metavar="SRC")
-    cmd.add_argument("dst", type=Path, metavar="DST")
+    cmd.add_argument("src", type=location, metavar="SRC")
+    cmd.add_argument("dst", type=location, metavar="DST")
     cmd.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     cmd.add_argument("--format", metavar="NAME", help="the layout, among those of DST's kind: for a directory, 'sharded' (the default) or 'orbax'")
     cmd.add_argument("--names", choices=["torch"], help="store under PyTorch state-dict names (docs/interop.md)")

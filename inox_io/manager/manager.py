@@ -22,8 +22,10 @@ from .. import api, distributed
 from ..atomic import AtomicFile, fsync_directory, remove_temporaries, temporary_path, write_all
 from ..errors import CheckpointError
 from ..formats import format_for, format_named
+from ..storage import ObjectURL, locate, reading
 from . import metadata as step_file
 from . import orbax_steps
+from .bucket_steps import BucketSteps
 from .lock import DirectoryLock, DirectoryLockedError
 from .preemption import PreemptionWatcher
 from .retention import Retention
@@ -55,6 +57,11 @@ class CheckpointManager:
     Read-only managers take no lock and may read while a writer saves: they only ever
     see complete steps. (The lock is advisory and local: it does not protect directories
     on network file systems without flock support, nor exists on Windows.)
+
+    The directory may be a bucket prefix, ``gs://bucket/run`` or ``s3://bucket/run``:
+    each step is then committed by an object written last (see
+    :mod:`inox_io.manager.bucket_steps`); there is no lock, and saving is done from one
+    process.
 
     Retention runs after each save: with :py:`max_to_keep`, only the newest
     :py:`max_to_keep` steps are kept, or, with :py:`best_fn`, the :py:`max_to_keep`
@@ -130,7 +137,9 @@ class CheckpointManager:
         if item_format is not None:
             format_named(item_format)
 
-        self.directory = Path(directory)
+        self.directory = locate(directory)
+        #: The steps of a directory on object storage (a bucket prefix), else None.
+        self._bucket = BucketSteps(self.directory) if isinstance(self.directory, ObjectURL) else None
         self.save_interval_steps = save_interval_steps
         self.async_save = async_save
         self.item_format = item_format
@@ -148,12 +157,14 @@ class CheckpointManager:
         self._steps: List[int] | None = None
 
         if read_only:
-            if not self.directory.is_dir():
+            if self._bucket is None and not self.directory.is_dir():
                 raise FileNotFoundError(f"{self.directory}: no such checkpoint directory")
             return
-
         # The names of this manager's agreements, the same on every process.
         self._scope = distributed.name("manager")
+        if self._bucket is not None:  # no lock on a bucket; one process (see BucketSteps)
+            self._bucket.start_writer()
+            return
         with distributed.scope(self._scope):
             error = None
             if distributed.is_primary():
@@ -202,6 +213,8 @@ class CheckpointManager:
         return self._steps_on_disk()
 
     def _steps_on_disk(self) -> List[int]:
+        if self._bucket is not None:
+            return self._bucket.steps()
         steps = []
         for entry in os.scandir(self.directory):
             # Steps that orbax's CheckpointManager wrote count too (only a reader sees them).
@@ -231,13 +244,16 @@ class CheckpointManager:
         metadata = self._metadata.get(step)
         if metadata is None:
             path = self.step_directory(step) / step_file.METADATA_FILE
-            try:
-                text = path.read_bytes()
-            except FileNotFoundError:
-                text = None
+            if self._bucket is not None:
+                text = self._bucket.metadata(step)
+            else:
+                try:
+                    text = path.read_bytes()
+                except FileNotFoundError:
+                    text = None
             if text is not None:
                 metadata = step_file.parse(text, path, step)
-            elif orbax_steps.is_step(self.step_directory(step)):
+            elif self._bucket is None and orbax_steps.is_step(self.step_directory(step)):
                 metadata = orbax_steps.step_metadata(self.step_directory(step), step)
             else:
                 raise FileNotFoundError(f"{self.step_directory(step)}: no complete step {step}")
@@ -334,7 +350,7 @@ class CheckpointManager:
                 distributed.agree(final, error)
             except BaseException:
                 if temp is not None and distributed.is_primary():
-                    shutil.rmtree(temp, ignore_errors=True)
+                    self._discard(temp)
                 raise
 
         if self.async_save:
@@ -347,8 +363,11 @@ class CheckpointManager:
         return True
 
     def _step_temporary(self, final: Path) -> Path:
-        r"""The step's temporary directory, named and made by process 0."""
+        r"""The step's temporary directory, named and made by process 0 (a local
+        folder for a step on object storage)."""
 
+        if self._bucket is not None:
+            return self._bucket.temporary(int(final.name))
         temp = Path(distributed.broadcast("temporary", str(temporary_path(final))))
         if distributed.is_primary():
             temp.mkdir()
@@ -376,7 +395,7 @@ class CheckpointManager:
                 distributed.agree(final, error)
             except BaseException:
                 if primary:
-                    shutil.rmtree(temp, ignore_errors=True)
+                    self._discard(temp)
                 raise
             if not primary:
                 outcome = distributed.broadcast("committed", None)
@@ -387,7 +406,7 @@ class CheckpointManager:
             try:
                 self._rename(step, temp, final, items, metrics)
             except BaseException as e:
-                shutil.rmtree(temp, ignore_errors=True)
+                self._discard(temp)
                 distributed.broadcast("committed", {"error": f"{type(e).__name__}: {e}"})
                 raise
             retention = None
@@ -428,6 +447,9 @@ class CheckpointManager:
         # Written last, and required when listing: a step without it is not complete.
         with AtomicFile(temp / step_file.METADATA_FILE) as f:
             write_all(f.fd, json.dumps(step_file.step_metadata(step, items, metrics), indent=1).encode())
+        if self._bucket is not None:
+            self._bucket.commit(temp, step)
+            return
         fsync_directory(temp)
         if final.exists():  # os.rename would replace an empty directory
             raise FileExistsError(f"{final} appeared during the save")
@@ -467,7 +489,19 @@ class CheckpointManager:
             if jax.process_count() > 1:
                 self._announce(distributed.broadcast("steps", self._steps_on_disk()))
 
+    def _discard(self, temp: Path) -> None:
+        r"""Removes a step's temporary directory, after a failed save."""
+
+        if self._bucket is not None:
+            self._bucket.discard(temp)
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
+
     def _delete(self, step: int) -> None:
+        if self._bucket is not None:
+            self._bucket.delete(step)
+            self._metadata.pop(step, None)
+            return
         final = self.step_directory(step)
         # Renamed away first: a crash while removing files leaves a temporary, cleaned
         # at the next start, never a step that looks complete and is not.
@@ -573,14 +607,15 @@ class CheckpointManager:
             if "json" in entry:
                 out[name] = entry["json"]
             elif everything or like.get(name) is not None:
-                path = folder / entry["file"]
                 try:
-                    out[name] = api.load(
-                        path, like.get(name), strict=strict, verify=verify, statics=statics,
-                        shardings=_item_shardings(shardings, name),
-                    )  # fmt: skip
+                    # The item's files only (with the shards beside an index), on object storage.
+                    with reading(folder, part=name) as local:
+                        out[name] = api.load(
+                            local / entry["file"], like.get(name), strict=strict, verify=verify, statics=statics,
+                            shardings=_item_shardings(shardings, name),
+                        )  # fmt: skip
                 except FileNotFoundError:
-                    if folder.exists():
+                    if step in self._steps_on_disk():
                         raise
                     raise CheckpointError(
                         folder, f"step {step} was deleted while being restored (retention of the writer?)"

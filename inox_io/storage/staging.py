@@ -1,0 +1,113 @@
+r"""Local folders standing for object-store checkpoints: a layout writes into one,
+which is then committed to the bucket (:func:`writing`); a checkpoint is fetched into
+one to be read (:func:`reading`). For a local path, both give the path itself, so
+that callers hold one code path for every location.
+
+Example:
+    >>> with reading('ckpt/model.safetensors') as local:
+    ...     local
+    PosixPath('ckpt/model.safetensors')
+"""
+
+from __future__ import annotations
+
+__all__ = ["writing", "reading", "staging_folder", "one_process"]
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from pathlib import Path
+from typing import Iterator
+
+from . import commit
+from .location import ObjectURL, locate
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[Path]:
+    r"""A fresh local folder (under ``TMPDIR``), removed afterwards."""
+
+    folder = Path(tempfile.mkdtemp(prefix="inox_io-stage-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _named(local: Path, url: ObjectURL) -> Iterator[None]:
+    r"""Errors raised inside name the URL, not the local folder standing for it."""
+
+    try:
+        yield
+    except Exception as e:
+        old, new = os.fspath(local), str(url)
+        e.args = tuple(a.replace(old, new) if isinstance(a, str) else a for a in e.args)
+        for name in ("path", "filename"):
+            if isinstance(getattr(e, name, None), str):
+                setattr(e, name, getattr(e, name).replace(old, new))
+        raise
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    r"""The local path to write the checkpoint of :py:`path` at: :py:`path` itself, or
+    for a URL, a path in a staging folder, committed to the bucket when the block
+    ends without error (see :mod:`.commit`).
+
+    Raises:
+        FileExistsError: for a URL holding a checkpoint, unless :py:`overwrite`.
+        NotImplementedError: for a URL, in a job of several processes.
+    """
+
+    where = locate(path)
+    if not isinstance(where, ObjectURL):
+        yield where
+        return
+    one_process(where)
+    if not where.key:
+        raise ValueError(f"{where}: no object name; expected {where.scheme}://bucket/path")
+    if not overwrite and commit.committed(where) is not None:
+        raise FileExistsError(f"{where} exists; pass overwrite=True to replace it")
+    with staging_folder() as folder:
+        local = folder / where.name
+        with _named(local, where):
+            yield local
+        commit.publish(where, folder, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
+    r"""The local path to read the checkpoint of :py:`path` at: :py:`path` itself, or
+    for a URL, the committed files fetched into a staging folder (for a checkpoint
+    directory, only the files whose path in it starts with :py:`part`, if given: an
+    item of a manager's step and the shards beside it).
+
+    Raises:
+        FileNotFoundError: if no checkpoint is committed at the URL.
+    """
+
+    where = locate(path)
+    if not isinstance(where, ObjectURL):
+        yield where
+        return
+    with staging_folder() as folder:
+        commit.fetch(where, folder, None if part is None else f"{where.name}/{part}")
+        local = folder / where.name
+        with _named(local, where):
+            yield local
+
+
+def one_process(url: ObjectURL) -> None:
+    r"""Refuses to write :py:`url` from a job of several processes: each would stage
+    its own files on its own disk, and nothing gathers them before the commit."""
+
+    import jax
+
+    if jax.process_count() > 1:
+        raise NotImplementedError(
+            f"{url}: saving to object storage from a job of several processes is not supported yet; "
+            "save to a shared file system, or from one process"
+        )
