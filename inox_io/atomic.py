@@ -492,64 +492,6 @@ def save_error(error: OSError, target: str | os.PathLike, *, committed: bool = F
     return out
 
 
-class DurableFile:
-    r"""Context manager writing a new file in place, made durable (``fsync``) on a clean
-    exit and removed on an exception.
-
-    For the files of a directory that is committed as a whole (the temporary of a
-    checkpoint directory): they need no temporary of their own, since no reader looks
-    inside the directory before its commit, and one ``fsync`` of the directory before
-    the commit makes all their names durable.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / 'data'
-        >>> with DurableFile(path) as f:
-        ...     write_all(f.fd, b'bytes')
-        >>> path.read_bytes()
-        b'bytes'
-        >>> with DurableFile(path) as f:
-        ...     pass
-        Traceback (most recent call last):
-          ...
-        FileExistsError: [Errno 17] File exists (not saved; the checkpoint there, if any, is untouched): '...data'
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.fd = -1
-
-    def __enter__(self) -> DurableFile:
-        try:
-            self.fd = syscalls.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as error:
-            raise save_error(error, self.path) from error
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        error = None
-        try:
-            if kind is None:
-                syscalls.fsync(self.fd)
-        except OSError as e:
-            error = e
-        finally:
-            try:
-                syscalls.close(self.fd)
-            except OSError as e:
-                error = error or e
-            self.fd = -1
-        if kind is None and error is None:
-            return
-        try:
-            syscalls.unlink(self.path)
-        except OSError:
-            pass  # the directory holding it is removed whole
-        failure = value if kind is not None else error
-        if isinstance(failure, OSError):
-            raise save_error(failure, self.path) from failure
-
-
 class AtomicFile:
     r"""Context manager writing a file atomically.
 
@@ -655,3 +597,47 @@ class AtomicFile:
             # and a failure must not report a save that succeeded as failed.
             self.discard()
         fsync_directory(self.target.parent)
+
+
+class DurableFile(AtomicFile):
+    r"""Context manager writing a new file in place, made durable (``fsync``) on a clean
+    exit and removed on an exception: an :class:`AtomicFile` that is its own temporary.
+
+    For the files of a directory that is committed as a whole (the temporary of a
+    checkpoint directory): they need no temporary of their own, since no reader looks
+    inside the directory before its commit, and one ``fsync`` of the directory before
+    the commit makes all their names durable.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / 'data'
+        >>> with DurableFile(path) as f:
+        ...     write_all(f.fd, b'bytes')
+        >>> path.read_bytes()
+        b'bytes'
+        >>> with DurableFile(path.with_name('other')) as f:
+        ...     raise OSError(errno.ENOSPC, 'No space left on device')
+        Traceback (most recent call last):
+          ...
+        OSError: [Errno 28] No space left on device (not saved; the checkpoint there, if any, is untouched): '...other'
+        >>> path.with_name('other').exists()
+        False
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self.temp = self.target
+
+    def __enter__(self) -> DurableFile:
+        try:
+            self.fd = syscalls.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as error:
+            raise self.explain(error) from error
+        return self
+
+    def commit(self) -> None:
+        self.committed = True  # in place already: what discard keeps
+
+    def discard(self) -> None:
+        if not self.committed:
+            super().discard()
