@@ -34,6 +34,7 @@ __all__ = [
     "prepr",
 ]
 
+import dataclasses
 import functools
 import jax
 import jax.tree_util as jtu
@@ -541,6 +542,10 @@ def find_duplicates(tree: PyTree) -> List[List[str]]:
     return [paths for paths in groups.values() if len(paths) > 1]
 
 
+def _is_dataclass_instance(x: Any) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
 def _array_repr(x: Any, typeonly: bool) -> str:
     if typeonly or isinstance(x, jax.ShapeDtypeStruct):
         dtype = getattr(x, "dtype", None)
@@ -616,7 +621,7 @@ class _Printer:
             finally:
                 self.ancestors.discard(id(x))
 
-        if isinstance(x, (list, tuple, dict, Namespace)):
+        if isinstance(x, (list, tuple, dict, Namespace)) or _is_dataclass_instance(x):
             self.ancestors.add(id(x))
             try:
                 return self.container(x, indent)
@@ -655,6 +660,9 @@ class _Printer:
             return self.block("{", self.items(pairs), "}", indent)
         if isinstance(x, list):
             return self.block("[", self.items([("", v) for v in x]), "]", indent)
+        if _is_dataclass_instance(x):
+            pairs = [(f"{f.name}=", getattr(x, f.name)) for f in dataclasses.fields(x) if f.repr]
+            return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
         if hasattr(x, "_fields"):  # namedtuple
             pairs = [(f"{k}=", v) for k, v in zip(x._fields, x)]
             return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
@@ -669,7 +677,8 @@ def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True, **kwargs: An
     r"""Returns a pretty representation of a tree.
 
     Arrays are shown by dtype and shape, lines longer than :py:`linewidth` are broken
-    with two-space indents, and cycles are shown as ``[...]`` or ``Name(...)``.
+    with two-space indents, and cycles are shown as ``[...]`` or ``Name(...)``. Lists,
+    tuples, dictionaries, named tuples, dataclasses and namespaces are entered.
 
     Arguments:
         tree: A tree.
@@ -688,6 +697,13 @@ def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True, **kwargs: An
         }
         >>> x = []; x.append(x); prepr(x)
         '[[...]]'
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Point:
+        ...     xy: jax.Array
+        ...     name: str = 'p'
+        >>> prepr(Point(jnp.zeros(2)))  # fields as a dataclass shows them, arrays by type
+        "Point(xy=float32[2], name='p')"
     """
 
     return _Printer(linewidth, typeonly)(tree)
