@@ -115,6 +115,9 @@ class Static(metaclass=PyTreeMeta):
         (True, False)
         >>> Static([1, 2]) == Static([1, 2]), hash(Static([1, 2])) == hash(Static([3]))
         (True, True)
+        >>> f = jax.jit(lambda s: jnp.asarray(s.value) * 2)
+        >>> f(Static(1)).dtype, f(Static(1.0)).dtype  # one trace each
+        (dtype('int32'), dtype('float32'))
     """
 
     __slots__ = ("value",)
@@ -146,14 +149,17 @@ class Static(metaclass=PyTreeMeta):
         return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
     def tree_flatten(self):
-        return (), self.value
+        # The wrapper, not its value, is the definition's data: JAX compares and hashes
+        # it with __eq__ and __hash__ above, which tell 1 from 1.0. With the raw value,
+        # jax.jit would reuse for 1.0 the trace it made for 1 (1 == 1.0).
+        return (), self
 
     def tree_flatten_with_keys(self):
-        return (), self.value
+        return (), self
 
     @classmethod
-    def tree_unflatten(cls, value: Any, children: Sequence) -> Static:
-        return cls(value)
+    def tree_unflatten(cls, static: Static, children: Sequence) -> Static:
+        return cls(static.value)
 
     def __reduce__(self):
         # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
