@@ -100,6 +100,29 @@ def is_node(x: Any) -> bool:
     return isinstance(type(x), PyTreeMeta)
 
 
+def tree_repr(self: Any, linewidth: int = 88, typeonly: bool = True, **kwargs: Any) -> str:
+    r"""The representation of a node as :func:`prepr` gives it, under the name of the
+    original inox's hook: :class:`Namespace` and :class:`Static` (so modules and
+    parameters) have it as their method :py:`tree_repr`, which subclasses written for
+    the original override and call through :py:`super()`.
+
+    Example:
+        >>> class Tagged(nn.Module):
+        ...     def tree_repr(self, **kwargs):
+        ...         return 'tagged ' + super().tree_repr(**kwargs)
+        >>> print(prepr([Tagged(a=1)]))
+        [
+          tagged Tagged(
+            a = 1
+          )
+        ]
+    """
+
+    printer = _Printer(linewidth, typeonly)
+    printer.ancestors.add(id(self))  # a cycle back to it is shown, not followed
+    return printer.plain(self, 0)
+
+
 class Static(metaclass=PyTreeMeta):
     r"""Hashable, leafless wrapper: its value lives in the tree definition.
 
@@ -140,6 +163,8 @@ class Static(metaclass=PyTreeMeta):
             return hash((type(self), type(self.value), self.value))
         except TypeError:
             return hash((type(self), type(self.value)))
+
+    tree_repr = tree_repr
 
     def __repr__(self) -> str:
         return prepr(self)
@@ -282,6 +307,8 @@ class Namespace(metaclass=PyTreeMeta):
         >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(ns)]
         ['.a', '.b']
     """
+
+    tree_repr = tree_repr
 
     def __init__(self, **kwargs):
         for name, value in kwargs.items():
@@ -612,28 +639,25 @@ class _Printer:
         if id(x) in self.ancestors:
             return self.cycle(x)
 
-        if hasattr(type(x), "tree_repr"):
-            self.ancestors.add(id(x))
-            try:
+        hook = getattr(type(x), "tree_repr", None)
+        self.ancestors.add(id(x))
+        try:
+            if hook is not None and hook is not tree_repr:
+                # A representation written for the original inox (a class's own).
                 return x.tree_repr(linewidth=self.linewidth, typeonly=self.typeonly)
-            finally:
-                self.ancestors.discard(id(x))
+            return self.plain(x, indent)
+        finally:
+            self.ancestors.discard(id(x))
+
+    def plain(self, x: Any, indent: int) -> str:
+        r"""Renders a node by its :py:`__prepr__` or as a container, without looking at
+        its own :py:`tree_repr` (its children's are honoured)."""
 
         method = getattr(type(x), "__prepr__", None)
         if method is not None:
-            self.ancestors.add(id(x))
-            try:
-                return method(x, self, indent)
-            finally:
-                self.ancestors.discard(id(x))
-
+            return method(x, self, indent)
         if isinstance(x, (list, tuple, dict, Namespace)) or _is_dataclass_instance(x):
-            self.ancestors.add(id(x))
-            try:
-                return self.container(x, indent)
-            finally:
-                self.ancestors.discard(id(x))
-
+            return self.container(x, indent)
         return repr(x)
 
     def cycle(self, x: Any) -> str:
