@@ -141,6 +141,8 @@ class Static(metaclass=PyTreeMeta):
         >>> f = jax.jit(lambda s: jnp.asarray(s.value) * 2)
         >>> f(Static(1)).dtype, f(Static(1.0)).dtype  # one trace each
         (dtype('int32'), dtype('float32'))
+        >>> jax.tree.structure(Static((0, 'one', None)))
+        PyTreeDef(CustomNode(Static[(0, 'one', None)], []))
     """
 
     __slots__ = ("value",)
@@ -174,22 +176,40 @@ class Static(metaclass=PyTreeMeta):
         return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
     def tree_flatten(self):
-        # The wrapper, not its value, is the definition's data: JAX compares and hashes
-        # it with __eq__ and __hash__ above, which tell 1 from 1.0. With the raw value,
-        # jax.jit would reuse for 1.0 the trace it made for 1 (1 == 1.0).
-        return (), self
+        return (), _StaticData(self)
 
     def tree_flatten_with_keys(self):
-        return (), self
+        return (), _StaticData(self)
 
     @classmethod
-    def tree_unflatten(cls, static: Static, children: Sequence) -> Static:
-        return cls(static.value)
+    def tree_unflatten(cls, data: _StaticData, children: Sequence) -> Static:
+        return cls(data.static.value)
 
     def __reduce__(self):
         # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
         # which would leave Static(None) without a value.
         return type(self), (self.value,)
+
+
+class _StaticData:
+    r"""The tree definition's data of a :class:`Static`: compared and hashed as the
+    wrapper (so 1 and 1.0 differ: with the raw value, :func:`jax.jit` would reuse for
+    1.0 the trace it made for 1, as 1 == 1.0), shown as the value, as the original
+    inox shows it (:py:`PyTreeDef(CustomNode(Static[1], []))`)."""
+
+    __slots__ = ("static",)
+
+    def __init__(self, static: Static):
+        self.static = static
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _StaticData) and self.static == other.static
+
+    def __hash__(self) -> int:
+        return hash(self.static)
+
+    def __repr__(self) -> str:
+        return repr(self.static.value)
 
 
 class Mask(Static):
