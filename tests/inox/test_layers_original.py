@@ -222,7 +222,10 @@ def test_reprs_as_the_original():
     assert repr(nn.TrainingDropout(0.5)) == "TrainingDropout(\n  p = float32[]\n)"
     assert jax.tree.leaves(nn.TrainingDropout(0.5))[0].shape == ()  # p is an array leaf
     assert repr(nn.BatchNorm(2).stats) == "StateEntry(value=Statistics(mean=float32[2], var=float32[2]))"
-    assert repr(nn.Reference._pruned("l1")) == "#l1"
+    tied = nn.Scope(a=nn.Reference("l1", nn.Parameter(jnp.ones(2))))
+    tied.b = tied.a
+    children, _ = tied.tree_flatten()  # the second occurrence is pruned
+    assert repr(children[1]) == "#l1"
     assert repr(nn.Reference("w", nn.Parameter(jnp.ones(2)))) == "*Parameter(float32[2])"
     assert repr(nn.Softmax()) == "Softmax(axis=-1)"
     assert repr(nn.GELU()) == "GELU(approximate=True)"
