@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from jax import Array
-from typing import Any, Callable, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Sequence
+
+from .errors import UsageError
 
 
 def flatten(x: Array, start: int = 0, stop: int | None = None) -> Array:
@@ -74,6 +76,10 @@ def vectorize(
         exclude: The indices of positional arguments passed as they are, not
             vectorized (and not counted in :py:`ndims`).
 
+    Raises:
+        UsageError: when the counts of core axes do not fit the arguments (an
+            :class:`AssertionError` too, as the original inox asserts there).
+
     Example:
         >>> mvp = vectorize(jnp.dot, (2, 1))  # matrix-vector products
         >>> mvp(jnp.ones((5, 3)), jnp.ones((16, 3))).shape
@@ -81,6 +87,10 @@ def vectorize(
         >>> scale = vectorize(lambda x, s: x * s, 1, exclude=[1])
         >>> scale(jnp.ones((4, 2)), 3.0).shape
         (4, 2)
+        >>> mvp(jnp.ones(3), jnp.ones(3))  # a vector has no 2 core axes
+        Traceback (most recent call last):
+          ...
+        inox.errors.UsageError: core dimensions [2, 1] do not fit arguments of shapes [(3,), (3,)]
     """
 
     exclude = frozenset(exclude)
@@ -92,9 +102,9 @@ def vectorize(
 
         cores = [ndims] * len(arrays) if isinstance(ndims, int) else list(ndims)
         if len(cores) != len(arrays):
-            raise ValueError(f"{len(cores)} core dimension counts for {len(arrays)} vectorized arguments")
+            raise UsageError(f"{len(cores)} core dimension counts for {len(arrays)} vectorized arguments")
         if any(not 0 <= n <= x.ndim for x, n in zip(arrays, cores)):
-            raise ValueError(f"core dimensions {cores} do not fit arguments of shapes {[x.shape for x in arrays]}")
+            raise UsageError(f"core dimensions {cores} do not fit arguments of shapes {[x.shape for x in arrays]}")
 
         batches = [x.shape[: x.ndim - n] for x, n in zip(arrays, cores)]
         batch = jnp.broadcast_shapes(*batches)

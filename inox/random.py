@@ -97,7 +97,7 @@ class PRNG(Namespace):
         keys = jax.random.split(self.state, 2 if num is None else num + 1)
 
         if not same_trace(self.state, keys):
-            raise UsageError("the RNG state was initialized and used within different JIT traces")
+            raise UsageError("the RNG state was initialized and used within different JIT traces.")
 
         if num is None:
             key, self.state = keys[0], keys[1]
@@ -155,9 +155,9 @@ def get_rng(name: str) -> PRNG:
         >>> get_rng('init')
         Traceback (most recent call last):
           ...
-        inox.errors.UsageError: no RNG state with name 'init' is set in this context
+        inox.errors.UsageError: no RNG state with name 'init' is set in this context.
     """
 
     if name not in _rngs:
-        raise UsageError(f"no RNG state with name {name!r} is set in this context")
+        raise UsageError(f"no RNG state with name {name!r} is set in this context.")
     return _rngs[name]

@@ -34,6 +34,7 @@ __all__ = [
     "prepr",
 ]
 
+import dataclasses
 import functools
 import jax
 import jax.tree_util as jtu
@@ -99,6 +100,29 @@ def is_node(x: Any) -> bool:
     return isinstance(type(x), PyTreeMeta)
 
 
+def tree_repr(self: Any, linewidth: int = 88, typeonly: bool = True, **kwargs: Any) -> str:
+    r"""The representation of a node as :func:`prepr` gives it, under the name of the
+    original inox's hook: :class:`Namespace` and :class:`Static` (so modules and
+    parameters) have it as their method :py:`tree_repr`, which subclasses written for
+    the original override and call through :py:`super()`.
+
+    Example:
+        >>> class Tagged(nn.Module):
+        ...     def tree_repr(self, **kwargs):
+        ...         return 'tagged ' + super().tree_repr(**kwargs)
+        >>> print(prepr([Tagged(a=1)]))
+        [
+          tagged Tagged(
+            a = 1
+          )
+        ]
+    """
+
+    printer = _Printer(linewidth, typeonly)
+    printer.ancestors.add(id(self))  # a cycle back to it is shown, not followed
+    return printer.plain(self, 0)
+
+
 class Static(metaclass=PyTreeMeta):
     r"""Hashable, leafless wrapper: its value lives in the tree definition.
 
@@ -114,6 +138,11 @@ class Static(metaclass=PyTreeMeta):
         (True, False)
         >>> Static([1, 2]) == Static([1, 2]), hash(Static([1, 2])) == hash(Static([3]))
         (True, True)
+        >>> f = jax.jit(lambda s: jnp.asarray(s.value) * 2)
+        >>> f(Static(1)).dtype, f(Static(1.0)).dtype  # one trace each
+        (dtype('int32'), dtype('float32'))
+        >>> jax.tree.structure(Static((0, 'one', None)))
+        PyTreeDef(CustomNode(Static[(0, 'one', None)], []))
     """
 
     __slots__ = ("value",)
@@ -137,6 +166,8 @@ class Static(metaclass=PyTreeMeta):
         except TypeError:
             return hash((type(self), type(self.value)))
 
+    tree_repr = tree_repr
+
     def __repr__(self) -> str:
         return prepr(self)
 
@@ -145,19 +176,40 @@ class Static(metaclass=PyTreeMeta):
         return f"{name}({printer(self.value, indent + len(name) + 1)})"
 
     def tree_flatten(self):
-        return (), self.value
+        return (), _StaticData(self)
 
     def tree_flatten_with_keys(self):
-        return (), self.value
+        return (), _StaticData(self)
 
     @classmethod
-    def tree_unflatten(cls, value: Any, children: Sequence) -> Static:
-        return cls(value)
+    def tree_unflatten(cls, data: _StaticData, children: Sequence) -> Static:
+        return cls(data.static.value)
 
     def __reduce__(self):
         # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
         # which would leave Static(None) without a value.
         return type(self), (self.value,)
+
+
+class _StaticData:
+    r"""The tree definition's data of a :class:`Static`: compared and hashed as the
+    wrapper (so 1 and 1.0 differ: with the raw value, :func:`jax.jit` would reuse for
+    1.0 the trace it made for 1, as 1 == 1.0), shown as the value, as the original
+    inox shows it (:py:`PyTreeDef(CustomNode(Static[1], []))`)."""
+
+    __slots__ = ("static",)
+
+    def __init__(self, static: Static):
+        self.static = static
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _StaticData) and self.static == other.static
+
+    def __hash__(self) -> int:
+        return hash(self.static)
+
+    def __repr__(self) -> str:
+        return repr(self.static.value)
 
 
 class Mask(Static):
@@ -275,6 +327,8 @@ class Namespace(metaclass=PyTreeMeta):
         >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(ns)]
         ['.a', '.b']
     """
+
+    tree_repr = tree_repr
 
     def __init__(self, **kwargs):
         for name, value in kwargs.items():
@@ -541,6 +595,10 @@ def find_duplicates(tree: PyTree) -> List[List[str]]:
     return [paths for paths in groups.values() if len(paths) > 1]
 
 
+def _is_dataclass_instance(x: Any) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
 def _array_repr(x: Any, typeonly: bool) -> str:
     if typeonly or isinstance(x, jax.ShapeDtypeStruct):
         dtype = getattr(x, "dtype", None)
@@ -601,28 +659,25 @@ class _Printer:
         if id(x) in self.ancestors:
             return self.cycle(x)
 
-        if hasattr(type(x), "tree_repr"):
-            self.ancestors.add(id(x))
-            try:
+        hook = getattr(type(x), "tree_repr", None)
+        self.ancestors.add(id(x))
+        try:
+            if hook is not None and hook is not tree_repr:
+                # A representation written for the original inox (a class's own).
                 return x.tree_repr(linewidth=self.linewidth, typeonly=self.typeonly)
-            finally:
-                self.ancestors.discard(id(x))
+            return self.plain(x, indent)
+        finally:
+            self.ancestors.discard(id(x))
+
+    def plain(self, x: Any, indent: int) -> str:
+        r"""Renders a node by its :py:`__prepr__` or as a container, without looking at
+        its own :py:`tree_repr` (its children's are honoured)."""
 
         method = getattr(type(x), "__prepr__", None)
         if method is not None:
-            self.ancestors.add(id(x))
-            try:
-                return method(x, self, indent)
-            finally:
-                self.ancestors.discard(id(x))
-
-        if isinstance(x, (list, tuple, dict, Namespace)):
-            self.ancestors.add(id(x))
-            try:
-                return self.container(x, indent)
-            finally:
-                self.ancestors.discard(id(x))
-
+            return method(x, self, indent)
+        if isinstance(x, (list, tuple, dict, Namespace)) or _is_dataclass_instance(x):
+            return self.container(x, indent)
         return repr(x)
 
     def cycle(self, x: Any) -> str:
@@ -655,6 +710,9 @@ class _Printer:
             return self.block("{", self.items(pairs), "}", indent)
         if isinstance(x, list):
             return self.block("[", self.items([("", v) for v in x]), "]", indent)
+        if _is_dataclass_instance(x):
+            pairs = [(f"{f.name}=", getattr(x, f.name)) for f in dataclasses.fields(x) if f.repr]
+            return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
         if hasattr(x, "_fields"):  # namedtuple
             pairs = [(f"{k}=", v) for k, v in zip(x._fields, x)]
             return self.block(f"{type(x).__name__}(", self.items(pairs), ")", indent)
@@ -669,7 +727,8 @@ def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True, **kwargs: An
     r"""Returns a pretty representation of a tree.
 
     Arrays are shown by dtype and shape, lines longer than :py:`linewidth` are broken
-    with two-space indents, and cycles are shown as ``[...]`` or ``Name(...)``.
+    with two-space indents, and cycles are shown as ``[...]`` or ``Name(...)``. Lists,
+    tuples, dictionaries, named tuples, dataclasses and namespaces are entered.
 
     Arguments:
         tree: A tree.
@@ -688,6 +747,13 @@ def prepr(tree: PyTree, linewidth: int = 88, typeonly: bool = True, **kwargs: An
         }
         >>> x = []; x.append(x); prepr(x)
         '[[...]]'
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Point:
+        ...     xy: jax.Array
+        ...     name: str = 'p'
+        >>> prepr(Point(jnp.zeros(2)))  # fields as a dataclass shows them, arrays by type
+        "Point(xy=float32[2], name='p')"
     """
 
     return _Printer(linewidth, typeonly)(tree)

@@ -16,28 +16,10 @@ from jax import Array
 from typing import Sequence, Tuple
 
 from .module import Module, Parameter
+from .spatial import pad_pairs, per_axis
 from ..random import get_rng
 
 Padding = int | str | Sequence[int | Tuple[int, int]]
-
-
-def _tuple(x: int | Sequence[int], n: int, name: str) -> Tuple[int, ...]:
-    if isinstance(x, numbers.Integral):
-        return (int(x),) * n
-    x = tuple(x)
-    if len(x) != n:
-        raise ValueError(f"expected {n} value(s) for {name}, got {x}")
-    return x
-
-
-def _padding(padding: Padding, n: int) -> str | Tuple[Tuple[int, int], ...]:
-    if isinstance(padding, str):
-        return padding.upper()
-    pairs = []
-    for p in _tuple(padding, n, "padding"):
-        lo, hi = (p, p) if isinstance(p, numbers.Integral) else p
-        pairs.append((int(lo), int(hi)))
-    return tuple(pairs)
 
 
 class Conv(Module):
@@ -93,6 +75,10 @@ class Conv(Module):
         (7, 14, 4)
     """
 
+    #: Whether the padding may be named, 'SAME' or 'VALID' (a class constant, not a
+    #: leaf: class attributes are not in the tree).
+    named_padding: bool = True
+
     def __init__(
         self,
         in_channels: int,
@@ -117,10 +103,13 @@ class Conv(Module):
         kernel_size = tuple(map(int, kernel_size))
         n = len(kernel_size)
 
+        if isinstance(padding, str) and not self.named_padding:
+            raise ValueError(f"the padding of a {type(self).__name__} is given in numbers, got {padding!r}")
+
         self.kernel_size = kernel_size
-        self.stride = _tuple(stride, n, "stride")
-        self.dilation = _tuple(dilation, n, "dilation")
-        self.padding = _padding(padding, n)
+        self.stride = per_axis(stride, n, "stride")
+        self.dilation = per_axis(dilation, n, "dilation")
+        self.padding = padding.upper() if isinstance(padding, str) else pad_pairs(padding, n)
         self.groups = groups
 
         fan_in = in_channels // groups * math.prod(kernel_size)
@@ -196,34 +185,12 @@ class ConvTransposed(Conv):
         (2, 32, 32, 3)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        bias: bool = True,
-        stride: int | Sequence[int] = 1,
-        dilation: int | Sequence[int] = 1,
-        padding: int | Sequence[int | Tuple[int, int]] = 0,
-        groups: int = 1,
-        key: Array | None = None,
-        *,
-        dtype: jnp.dtype = jnp.float32,
-    ):
-        if isinstance(padding, str):
-            raise ValueError(f"the padding of a transposed convolution is given in numbers, got {padding!r}")
-        super().__init__(
-            in_channels, out_channels, kernel_size, bias, stride, dilation, padding, groups, key, dtype=dtype
-        )
+    # The padding of the dilated input is computed from the numbers.
+    named_padding = False
 
     def __call__(self, x: Array) -> Array:
-        r"""
-        Arguments:
-            x: The input, of shape :py:`(*batch, *spatial, C_in)`.
-
-        Returns:
-            The output, of shape :py:`(*batch, *spatial', C_out)`.
-        """
+        r"""Takes and returns the shapes of :meth:`Conv.__call__`, with the spatial
+        lengths :math:`H_i'` above."""
 
         padding = [
             (d * (k - 1) - lo, d * (k - 1) - hi)

@@ -15,11 +15,37 @@ __all__ = [
 import einops
 
 from jax import Array
+from typing import Callable
 
 from .module import Module
 
 
-class Rearrange(Module):
+class Pattern(Module):
+    r"""Base class of the einops layers: calls :py:`operation`, a function of
+    :mod:`einops`, with the input, the pattern and the lengths of axes.
+
+    Arguments:
+        pattern: The einops pattern.
+        lengths: The lengths of the axes that the input shape does not tell.
+
+    Example:
+        >>> class Transpose(nn.einops.Pattern):
+        ...     operation = staticmethod(einops.rearrange)
+        >>> Transpose('A B -> B A')(jnp.zeros((2, 3))).shape
+        (3, 2)
+    """
+
+    operation: Callable[..., Array]
+
+    def __init__(self, pattern: str, **lengths: int):
+        self.pattern = pattern
+        self.lengths = lengths
+
+    def __call__(self, x: Array) -> Array:
+        return self.operation(x, self.pattern, **self.lengths)
+
+
+class Rearrange(Pattern):
     r"""Moves, merges and splits axes (:func:`einops.rearrange`).
 
     Arguments:
@@ -34,15 +60,10 @@ class Rearrange(Module):
         (2, 3, 5)
     """
 
-    def __init__(self, pattern: str, **lengths: int):
-        self.pattern = pattern
-        self.lengths = lengths
-
-    def __call__(self, x: Array) -> Array:
-        return einops.rearrange(x, self.pattern, **self.lengths)
+    operation = staticmethod(einops.rearrange)
 
 
-class Reduce(Module):
+class Reduce(Pattern):
     r"""Reduces axes (:func:`einops.reduce`).
 
     Arguments:
@@ -59,15 +80,14 @@ class Reduce(Module):
     """
 
     def __init__(self, pattern: str, reduction: str = "sum", **lengths: int):
-        self.pattern = pattern
+        super().__init__(pattern, **lengths)
         self.reduction = reduction
-        self.lengths = lengths
 
     def __call__(self, x: Array) -> Array:
         return einops.reduce(x, self.pattern, self.reduction, **self.lengths)
 
 
-class Repeat(Module):
+class Repeat(Pattern):
     r"""Inserts or tiles axes (:func:`einops.repeat`).
 
     Arguments:
@@ -80,9 +100,4 @@ class Repeat(Module):
         (2, 4, 3)
     """
 
-    def __init__(self, pattern: str, **lengths: int):
-        self.pattern = pattern
-        self.lengths = lengths
-
-    def __call__(self, x: Array) -> Array:
-        return einops.repeat(x, self.pattern, **self.lengths)
+    operation = staticmethod(einops.repeat)

@@ -13,6 +13,7 @@ from jax import Array
 from typing import Any, Sequence
 
 from .module import Module
+from .spatial import check_spatial
 
 
 class Resample(Module):
@@ -45,12 +46,11 @@ class Resample(Module):
             x: The input, of shape :py:`(*, H_1, ..., H_n, C)`.
 
         Returns:
-            The output, of shape :py:`(*, H_1', ..., H_n', C)`.
+            The output, of shape :py:`(*, floor(r_1 H_1), ..., floor(r_n H_n), C)`.
         """
 
         n = len(self.factor)
-        if x.ndim < n + 1:
-            raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+        check_spatial(x, n)
 
         spatial = x.shape[x.ndim - n - 1 : -1]
         resized = [math.floor(r * h) for r, h in zip(self.factor, spatial)]

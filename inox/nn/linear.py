@@ -1,4 +1,13 @@
-r"""Linear layers and embeddings."""
+r"""Linear layers and embeddings.
+
+The convolutions live in :mod:`inox.nn.conv`; they are importable from here too, where
+the original inox defines them.
+
+Example:
+    >>> from inox.nn.linear import Conv
+    >>> Conv is nn.Conv
+    True
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import math
 
 from jax import Array
 
+from .conv import Conv, ConvTransposed  # noqa: F401 (the original's module for them)
 from .module import Module, Parameter
 from ..random import get_rng
 

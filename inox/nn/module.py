@@ -46,7 +46,6 @@ from ..tree import (
     Namespace,
     PyTreeMeta,
     combine,
-    is_array,
     leaf_paths,
     mask_children,
     partition,
@@ -190,8 +189,10 @@ class Parameter(Namespace):
 
     Calling a parameter returns its array, and the attributes of the array (shape,
     dtype, ...) are read through it; its key path ends in ``.value``. A value that is
-    not an array yet (a number, a list) is converted with :func:`jax.numpy.asarray`;
-    arrays, NumPy ones included, are kept as they are.
+    not a JAX array (a number, a list, a NumPy array) is converted with
+    :func:`jax.numpy.asarray`, as in the original inox: a NumPy :py:`float64` array
+    becomes a :py:`float32` one unless 64-bit mode is on. Abstract arrays
+    (:class:`jax.ShapeDtypeStruct`) are kept, for abstract models.
 
     Arguments:
         value: An array.
@@ -202,13 +203,16 @@ class Parameter(Namespace):
         Parameter(float32[3, 5])
         >>> p().sum(), p.shape, p.dtype
         (Array(15., dtype=float32), (3, 5), dtype('float32'))
+        >>> nn.Parameter(np.zeros(2))  # a NumPy float64 array, as a JAX array
+        Parameter(float32[2])
     """
 
     # The attributes the parameter stores; they are never looked up in its value.
     _stored: Tuple[str, ...] = ("value",)
 
     def __init__(self, value: jax.Array):
-        self.value = value if is_array(value) else jnp.asarray(value)
+        # Tracers are jax.Array instances too, so parameters built under jit stay traced.
+        self.value = value if isinstance(value, (jax.Array, jax.ShapeDtypeStruct)) else jnp.asarray(value)
 
     def __call__(self) -> jax.Array:
         return self.value

@@ -65,7 +65,7 @@ class BatchNorm(Module):
         >>> bn(x[0], state)
         Traceback (most recent call last):
           ...
-        inox.errors.UsageError: the input tensor is not batched
+        inox.errors.UsageError: the input tensor is not batched.
         >>> bn.train(False)
         >>> y, same = bn(x[0], state)
         >>> same is state
@@ -99,15 +99,15 @@ class BatchNorm(Module):
 
         if self.training:
             if x.ndim < 2:
-                raise UsageError("the input tensor is not batched")
+                raise UsageError("the input tensor is not batched.")
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.var(x, axis=axes)
             # The running statistics are bookkeeping: no gradient flows into them.
             old = state[self.stats]
             new = Statistics(
-                mean=self._average(old.mean, jax.lax.stop_gradient(mean)),
-                var=self._average(old.var, jax.lax.stop_gradient(var)),
+                mean=self.ema(old.mean, jax.lax.stop_gradient(mean)),
+                var=self.ema(old.var, jax.lax.stop_gradient(var)),
             )
             state = update_state(state, {self.stats: new})
         else:
@@ -115,7 +115,15 @@ class BatchNorm(Module):
 
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon), state
 
-    def _average(self, old: Array, new: Array) -> Array:
+    def ema(self, old: Array, new: Array) -> Array:
+        r"""Returns the exponential moving average :math:`\alpha \hat{s} + (1 - \alpha) s`
+        of a running statistic :py:`old` and a batch statistic :py:`new`.
+
+        Example:
+            >>> nn.BatchNorm(2, momentum=0.75).ema(jnp.zeros(2), jnp.ones(2))
+            Array([0.25, 0.25], dtype=float32)
+        """
+
         # A fixed dtype keeps the state a valid loop carry (jax.lax.scan).
         return (self.momentum * old + (1 - self.momentum) * new).astype(old.dtype)
 

@@ -12,6 +12,7 @@ from jax import Array
 from typing import Sequence, Tuple
 
 from .module import Module
+from .spatial import check_spatial, pad_pairs
 
 
 class Pad(Module):
@@ -57,11 +58,9 @@ class Pad(Module):
         """
 
         n = len(self.padding)
-        if x.ndim < n + 1:
-            raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+        check_spatial(x, n)
 
-        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in self.padding]
-        widths = [(0, 0)] * (x.ndim - n - 1) + pairs + [(0, 0)]
+        widths = [(0, 0)] * (x.ndim - n - 1) + list(pad_pairs(self.padding, n)) + [(0, 0)]
         if self.mode == "constant":
             return jnp.pad(x, widths, mode="constant", constant_values=self.value.astype(x.dtype))
         return jnp.pad(x, widths, mode=self.mode)

@@ -16,6 +16,7 @@ from jax import Array
 from typing import Callable, Sequence, Tuple
 
 from .module import Module
+from .spatial import check_spatial, pad_pairs, per_axis
 
 
 class Pool(Module):
@@ -33,6 +34,15 @@ class Pool(Module):
             :py:`None` (windows side by side).
         padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
             spatial axis.
+
+    Example:
+        >>> class MinPool(nn.pooling.Pool):
+        ...     operator = staticmethod(jax.lax.min)
+        ...     @staticmethod
+        ...     def initial(dtype):
+        ...         return jnp.asarray(jnp.inf, dtype)
+        >>> MinPool(2)(jnp.arange(4.0)[:, None])[:, 0]
+        Array([0., 2.], dtype=float32)
     """
 
     operator: Callable[[Array, Array], Array]
@@ -47,17 +57,9 @@ class Pool(Module):
             window_size = (int(window_size),)
         n = len(window_size)
 
-        if stride is None:
-            stride = window_size
-        elif isinstance(stride, numbers.Integral):
-            stride = [stride] * n
-
-        if isinstance(padding, numbers.Integral):
-            padding = [(padding, padding)] * n
-
-        self.window_size = window_size
-        self.stride = stride
-        self.padding = padding
+        self.window_size = per_axis(window_size, n, "window_size")
+        self.stride = self.window_size if stride is None else per_axis(stride, n, "stride")
+        self.padding = pad_pairs(padding, n)
 
     @staticmethod
     def initial(dtype: jnp.dtype) -> Array:
@@ -73,8 +75,7 @@ class Pool(Module):
         """
 
         n = len(self.window_size)
-        if x.ndim < n + 1:
-            raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+        check_spatial(x, n)
 
         # The batch and channel axes are windows of one element, unpadded.
         others = x.ndim - n - 1
@@ -82,21 +83,16 @@ class Pool(Module):
             x,
             self.initial(x.dtype),
             self.operator,
-            window_dimensions=(1,) * others + tuple(self.window_size) + (1,),
-            window_strides=(1,) * others + tuple(self.stride) + (1,),
-            padding=((0, 0),) * others + tuple(map(tuple, self.padding)) + ((0, 0),),
+            window_dimensions=(1,) * others + self.window_size + (1,),
+            window_strides=(1,) * others + self.stride + (1,),
+            padding=((0, 0),) * others + self.padding + ((0, 0),),
         )
 
 
 class AvgPool(Pool):
     r"""Averages the windows of the spatial axes; padded elements count as zeros.
 
-    Arguments:
-        window_size: The size of the window, per spatial axis.
-        stride: The stride, per spatial axis or for all; the window size if
-            :py:`None`.
-        padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
-            spatial axis.
+    Its arguments are those of :class:`Pool`.
 
     Example:
         >>> pool = nn.AvgPool((2, 2))
@@ -119,12 +115,7 @@ class MaxPool(Pool):
     r"""Takes the maximum of the windows of the spatial axes; padded elements are
     ignored.
 
-    Arguments:
-        window_size: The size of the window, per spatial axis.
-        stride: The stride, per spatial axis or for all; the window size if
-            :py:`None`.
-        padding: The padding: an int for all sides, or a :py:`(low, high)` pair per
-            spatial axis.
+    Its arguments are those of :class:`Pool`.
 
     Example:
         >>> pool = nn.MaxPool((2, 2), stride=1)

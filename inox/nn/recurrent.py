@@ -7,6 +7,7 @@ __all__ = [
     "Recurrent",
     "GRUCell",
     "LSTMCell",
+    "GatedCell",
 ]
 
 import jax
@@ -89,16 +90,34 @@ class Recurrent(Module):
         return ys
 
 
-def _projections(in_features: int, hid_features: int, gates: int, bias: bool, key: Array | None) -> Tuple[Linear, Linear]:
-    r"""The projections of the hidden state and of the input onto the gates."""
+class GatedCell(Cell):
+    r"""Base class of the gated cells: a projection of the hidden state,
+    :py:`lin_h`, and one of the input, :py:`lin_x`, each onto :py:`gates` blocks of
+    :math:`H` features.
 
-    keys = get_rng("init").split(2) if key is None else jax.random.split(key, 2)
-    lin_h = Linear(hid_features, gates * hid_features, bias, key=keys[0])
-    lin_x = Linear(in_features, gates * hid_features, bias, key=keys[1])
-    return lin_h, lin_x
+    Arguments:
+        in_features: The number of input features :math:`C`.
+        hid_features: The number of hidden features :math:`H`.
+        bias: Whether the projections have biases.
+        key: A PRNG key for initialization; drawn from
+            :py:`inox.random.get_rng('init')` if :py:`None`.
+
+    Example:
+        >>> lstm = nn.LSTMCell(3, 8, key=jax.random.key(0))  # 4 gates
+        >>> lstm.lin_h.weight.shape, lstm.lin_x.weight.shape
+        ((8, 32), (3, 32))
+    """
+
+    gates: int  #: The number of gate blocks, set by each subclass.
+
+    def __init__(self, in_features: int, hid_features: int, bias: bool = True, key: Array | None = None):
+        keys = get_rng("init").split(2) if key is None else jax.random.split(key, 2)
+        self.lin_h = Linear(hid_features, self.gates * hid_features, bias, key=keys[0])
+        self.lin_x = Linear(in_features, self.gates * hid_features, bias, key=keys[1])
+        self.hid_features = hid_features
 
 
-class GRUCell(Cell):
+class GRUCell(GatedCell):
     r"""Gated recurrent unit cell.
 
     .. math::
@@ -109,12 +128,7 @@ class GRUCell(Cell):
 
     and the output is the new hidden state.
 
-    Arguments:
-        in_features: The number of input features :math:`C`.
-        hid_features: The number of hidden features :math:`H`.
-        bias: Whether the projections have biases.
-        key: A PRNG key for initialization; drawn from
-            :py:`inox.random.get_rng('init')` if :py:`None`.
+    Its arguments are those of :class:`GatedCell`.
 
     Example:
         >>> cell = nn.GRUCell(3, 8, key=jax.random.key(0))
@@ -123,9 +137,7 @@ class GRUCell(Cell):
         ((8,), True)
     """
 
-    def __init__(self, in_features: int, hid_features: int, bias: bool = True, key: Array | None = None):
-        self.lin_h, self.lin_x = _projections(in_features, hid_features, 3, bias, key)
-        self.hid_features = hid_features
+    gates = 3
 
     def __call__(self, h: Array, x: Array) -> Tuple[Array, Array]:
         r"""
@@ -153,7 +165,7 @@ class GRUCell(Cell):
         return jnp.zeros(self.hid_features)
 
 
-class LSTMCell(Cell):
+class LSTMCell(GatedCell):
     r"""Long short-term memory cell.
 
     .. math::
@@ -163,12 +175,7 @@ class LSTMCell(Cell):
 
     and the output is the new hidden state :math:`h'`.
 
-    Arguments:
-        in_features: The number of input features :math:`C`.
-        hid_features: The number of hidden features :math:`H`.
-        bias: Whether the projections have biases.
-        key: A PRNG key for initialization; drawn from
-            :py:`inox.random.get_rng('init')` if :py:`None`.
+    Its arguments are those of :class:`GatedCell`.
 
     Example:
         >>> cell = nn.LSTMCell(3, 8, key=jax.random.key(0))
@@ -177,9 +184,7 @@ class LSTMCell(Cell):
         ((8,), (8,), True)
     """
 
-    def __init__(self, in_features: int, hid_features: int, bias: bool = True, key: Array | None = None):
-        self.lin_h, self.lin_x = _projections(in_features, hid_features, 4, bias, key)
-        self.hid_features = hid_features
+    gates = 4
 
     def __call__(self, hc: Tuple[Array, Array], x: Array) -> Tuple[Tuple[Array, Array], Array]:
         r"""

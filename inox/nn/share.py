@@ -250,7 +250,7 @@ class Reference(metaclass=PyTreeMeta):
 
     def __prepr__(self, printer, indent: int) -> str:
         if self.pruned:
-            return f"*<pruned {self.tag!r}>"
+            return f"#{self.tag}"  # as the original inox shows a pruned occurrence
         return "*" + printer(self.obj, indent + 1)
 
     def tree_children(self) -> List[Tuple[Any, Any]]:

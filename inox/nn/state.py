@@ -50,7 +50,7 @@ class StateEntry(metaclass=PyTreeMeta):
     Example:
         >>> entry = nn.StateEntry((jnp.zeros(3), jnp.ones(3)))
         >>> entry
-        StateEntry((float32[3], float32[3]))
+        StateEntry(value=(float32[3], float32[3]))
         >>> [jtu.keystr(path) for path, _ in jtu.tree_leaves_with_path(entry)]
         ['.value[0]', '.value[1]']
     """
@@ -62,7 +62,9 @@ class StateEntry(metaclass=PyTreeMeta):
         return prepr(self)
 
     def __prepr__(self, printer, indent: int) -> str:
-        return f"{type(self).__name__}({printer(self.value, indent + 2)})"
+        # Shown as the original inox's named tuple shows itself: StateEntry(value=...).
+        opener = f"{type(self).__name__}(value="
+        return f"{opener}{printer(self.value, indent + len(opener))})"
 
     def tree_flatten(self):
         # Masked like a module's children: a state may hold non-array leaves too.

@@ -105,9 +105,11 @@ def test_complex_parameter():
 def test_parameter_forwards_attributes_and_converts():
     p = nn.Parameter([[1.0, 2.0]])
     assert isinstance(p.value, jax.Array) and p.T.shape == (2, 1) and p.ndim == 2
-    # Arrays are kept as they are: NumPy ones keep their dtype, even float64.
-    x = np.zeros(2, np.float64)
-    assert nn.Parameter(x).value is x
+    # NumPy arrays become JAX arrays, as in the original inox (float64 -> float32 without x64).
+    x = nn.Parameter(np.zeros(2, np.float64)).value
+    assert isinstance(x, jax.Array) and x.dtype == jnp.float32
+    abstract = jax.ShapeDtypeStruct((2,), jnp.float16)
+    assert nn.Parameter(abstract).value is abstract
     with pytest.raises(AttributeError):
         p.no_such_attribute
     q = pickle.loads(pickle.dumps(p))

@@ -419,7 +419,7 @@ def test_pruned_reference_outside_its_scope_raises():
     scope = nn.Scope(a=nn.Reference._pruned("t"))
     with pytest.raises(ValueError, match="pruned reference 't'"):
         jax.tree.leaves(scope)
-    assert repr(nn.Reference._pruned("t")) == "*<pruned 't'>"
+    assert repr(nn.Reference._pruned("t")) == "#t"
     with pytest.raises(AttributeError, match="pruned"):
         nn.Reference._pruned("t").weight
 

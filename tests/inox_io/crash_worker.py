@@ -17,8 +17,8 @@ also stops when its zygote is gone, and after :data:`LIFETIME` seconds in any ca
 With ``"manager": true`` the child saves steps through :class:`inox_io.CheckpointManager`
 with asynchronous saves instead (``path`` is then the manager's directory).
 
-The child only touches NumPy arrays (no XLA computation), so forking a process that has
-imported, but never started, JAX's runtime is safe.
+The zygote imports JAX but never starts its runtime; each child starts its own before
+it says "go", so forking is safe and the kill clock runs over saves alone.
 
 Also imported by the tests for :func:`make_tree` and :func:`generation_of`.
 """
@@ -86,6 +86,7 @@ def save_forever(path: str, generation: int, zygote: int, options: dict) -> None
     import inox_io
 
     jax.process_count()  # starts JAX's runtime (which directory saves need) before the kill clock
+    make_tree(0)  # and runs its first array conversions (parameters hold JAX arrays)
     print(f"go {os.getpid()}", flush=True)
     while os.getppid() == zygote:  # stop if the zygote died: never outlive the test
         inox_io.save(path, make_tree(generation), overwrite=True, metadata={"generation": str(generation)}, **options)
@@ -101,6 +102,7 @@ def manage_forever(directory: str, step: int, zygote: int) -> None:
 
     manager = CheckpointManager(directory, max_to_keep=3, async_save=True)
     jax.process_count()  # starts JAX's runtime (which save needs) before the kill clock
+    make_tree(0)  # and runs its first array conversions (parameters hold JAX arrays)
     print(f"go {os.getpid()}", flush=True)
     while os.getppid() == zygote:
         manager.save(step, {"model": make_tree(step), "data": {"step": step}})
