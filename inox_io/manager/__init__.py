@@ -3,7 +3,10 @@ retention, and a lock against a second writer.
 
 The parts: :mod:`.lock` (one writer per directory), :mod:`.metadata` (the file that
 makes a step complete), :mod:`.retention` (which steps are kept), :mod:`.snapshot`
-(what a save holds while it writes), and :mod:`.manager`, the orchestration.
+(what a save holds while it writes), the stores of steps with one set of methods
+(:mod:`.disk_steps` for a directory, orbax's steps read too through
+:mod:`.orbax_steps`; :mod:`.bucket_steps` for a bucket prefix), and :mod:`.manager`,
+the orchestration.
 
 Layout of a checkpoint directory:
 

@@ -17,21 +17,20 @@ from __future__ import annotations
 
 __all__ = ["BucketSteps"]
 
-import re
 import shutil
 import tempfile
 
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 from ..storage import ObjectURL, commit, one_process, reading
-from .metadata import METADATA_FILE
-
-_STEP_NAME = re.compile(r"(0|[1-9][0-9]*)\Z")
+from . import metadata as step_file
+from .metadata import METADATA_FILE, STEP_NAME
 
 
 class BucketSteps:
-    r"""Lists, reads, commits and deletes the steps under a bucket prefix."""
+    r"""Lists, reads, commits and deletes the steps under a bucket prefix, with the
+    methods of :class:`~inox_io.manager.disk_steps.DiskSteps`."""
 
     def __init__(self, root: ObjectURL):
         self.root = root
@@ -39,8 +38,12 @@ class BucketSteps:
     def url(self, step: int) -> ObjectURL:
         return self.root / str(step)
 
+    def exists(self) -> bool:
+        return True  # a prefix: there is no folder to create
+
     def start_writer(self) -> None:
-        r"""Refuses jobs of several processes; removes leftovers of killed saves."""
+        r"""Refuses jobs of several processes; removes leftovers of killed saves.
+        There is no lock on a bucket: one writing manager per prefix."""
 
         one_process(self.root)
         for name in commit.leftovers(self.root):
@@ -49,14 +52,18 @@ class BucketSteps:
     def steps(self) -> List[int]:
         r"""The committed steps, in increasing order."""
 
-        return sorted(int(name) for name in commit.children(self.root) if _STEP_NAME.match(name))
+        return sorted(int(name) for name in commit.children(self.root) if STEP_NAME.match(name))
 
-    def metadata(self, step: int) -> bytes | None:
-        r"""The step's metadata file, or :py:`None` if the step is not committed."""
+    def metadata(self, step: int) -> Dict[str, Any] | None:
+        r"""The step's metadata, or :py:`None` if the step is not committed.
+
+        Raises:
+            CheckpointError: if its metadata file is damaged.
+        """
 
         try:
             with reading(self.url(step), part=METADATA_FILE) as folder:
-                return (folder / METADATA_FILE).read_bytes()
+                return step_file.parse((folder / METADATA_FILE).read_bytes(), self.url(step) / METADATA_FILE, step)
         except FileNotFoundError:
             return None
 

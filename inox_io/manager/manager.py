@@ -10,8 +10,6 @@ import jax
 import json
 import numpy as np
 import os
-import re
-import shutil
 import threading
 import warnings
 
@@ -19,21 +17,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping
 
 from .. import api, distributed
-from ..atomic import AtomicFile, fsync_directory, remove_temporaries, temporary_path, write_all
+from ..atomic import AtomicFile, write_all
 from ..errors import CheckpointError
 from ..formats import format_for, format_named
 from ..storage import ObjectURL, locate, reading
 from . import metadata as step_file
-from . import orbax_steps
 from .bucket_steps import BucketSteps
+from .disk_steps import DiskSteps
 from .lock import DirectoryLock, DirectoryLockedError
 from .preemption import PreemptionWatcher
 from .retention import Retention
 from .snapshot import Item, snapshot
 
 PyTree = Any
-
-_STEP_NAME = re.compile(r"(0|[1-9][0-9]*)\Z")
 
 
 class CheckpointManager:
@@ -138,8 +134,8 @@ class CheckpointManager:
             format_named(item_format)
 
         self.directory = locate(directory)
-        #: The steps of a directory on object storage (a bucket prefix), else None.
-        self._bucket = BucketSteps(self.directory) if isinstance(self.directory, ObjectURL) else None
+        # Where the steps live, chosen here once; every other method calls the store.
+        self._store = BucketSteps(self.directory) if isinstance(self.directory, ObjectURL) else DiskSteps(self.directory)
         self.save_interval_steps = save_interval_steps
         self.async_save = async_save
         self.item_format = item_format
@@ -157,29 +153,16 @@ class CheckpointManager:
         self._steps: List[int] | None = None
 
         if read_only:
-            if self._bucket is None and not self.directory.is_dir():
+            if not self._store.exists():
                 raise FileNotFoundError(f"{self.directory}: no such checkpoint directory")
             return
         # The names of this manager's agreements, the same on every process.
         self._scope = distributed.name("manager")
-        if self._bucket is not None:  # no lock on a bucket; one process (see BucketSteps)
-            self._bucket.start_writer()
-            return
         with distributed.scope(self._scope):
             error = None
             if distributed.is_primary():
                 try:
-                    owner = orbax_steps.owner(self.directory)
-                    if owner is not None:  # checked before the lock file would go in
-                        raise CheckpointError(
-                            self.directory,
-                            f"{owner}: inox_io does not write into a directory that another tool owns; "
-                            "open it with read_only=True to list and restore its steps, or save to a new directory",
-                        )
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    self._lock = DirectoryLock(self.directory)
-                    # Holding the lock, no other writer is active: every temporary is a leftover.
-                    remove_temporaries(self.directory)
+                    self._lock = self._store.start_writer()
                 except BaseException as e:
                     error = e
             refusal = distributed.broadcast("lock", None if error is None else [type(error).__name__, str(error)])
@@ -197,10 +180,10 @@ class CheckpointManager:
 
     # Steps
 
-    def step_directory(self, step: int) -> Path:
+    def step_directory(self, step: int) -> Path | ObjectURL:
         r"""The directory of a step (complete or not)."""
 
-        return self.directory / str(step)
+        return self._store.url(step)
 
     def all_steps(self) -> List[int]:
         r"""The complete steps, in increasing order: as on disk now, or, for a writer
@@ -213,16 +196,7 @@ class CheckpointManager:
         return self._steps_on_disk()
 
     def _steps_on_disk(self) -> List[int]:
-        if self._bucket is not None:
-            return self._bucket.steps()
-        steps = []
-        for entry in os.scandir(self.directory):
-            # Steps that orbax's CheckpointManager wrote count too (only a reader sees them).
-            if _STEP_NAME.match(entry.name) and (
-                os.path.isfile(os.path.join(entry.path, step_file.METADATA_FILE)) or orbax_steps.is_step(Path(entry.path))
-            ):
-                steps.append(int(entry.name))
-        return sorted(steps)
+        return self._store.steps()
 
     def latest_step(self) -> int | None:
         r"""The newest complete step, or :py:`None`."""
@@ -243,19 +217,8 @@ class CheckpointManager:
         self._check_open()
         metadata = self._metadata.get(step)
         if metadata is None:
-            path = self.step_directory(step) / step_file.METADATA_FILE
-            if self._bucket is not None:
-                text = self._bucket.metadata(step)
-            else:
-                try:
-                    text = path.read_bytes()
-                except FileNotFoundError:
-                    text = None
-            if text is not None:
-                metadata = step_file.parse(text, path, step)
-            elif self._bucket is None and orbax_steps.is_step(self.step_directory(step)):
-                metadata = orbax_steps.step_metadata(self.step_directory(step), step)
-            else:
+            metadata = self._store.metadata(step)
+            if metadata is None:
                 raise FileNotFoundError(f"{self.step_directory(step)}: no complete step {step}")
             if not self.read_only:
                 self._metadata[step] = metadata
@@ -343,14 +306,14 @@ class CheckpointManager:
                 for item in held:
                     if item.fmt is not None and not (item.fmt.collective or distributed.is_primary()):
                         item.arrays = None  # process 0 writes what every process holds whole
-                temp = self._step_temporary(final)
+                temp = self._store.temporary(step)
             except BaseException as e:
                 error = e
             try:
                 distributed.agree(final, error)
             except BaseException:
                 if temp is not None and distributed.is_primary():
-                    self._discard(temp)
+                    self._store.discard(temp)
                 raise
 
         if self.async_save:
@@ -361,17 +324,6 @@ class CheckpointManager:
         else:
             self._commit(step, temp, held, metrics)
         return True
-
-    def _step_temporary(self, final: Path) -> Path:
-        r"""The step's temporary directory, named and made by process 0 (a local
-        folder for a step on object storage)."""
-
-        if self._bucket is not None:
-            return self._bucket.temporary(int(final.name))
-        temp = Path(distributed.broadcast("temporary", str(temporary_path(final))))
-        if distributed.is_primary():
-            temp.mkdir()
-        return temp
 
     def _background(self, step: int, temp: Path, held: List[Item], metrics: Dict[str, Any] | None) -> None:
         try:
@@ -395,7 +347,7 @@ class CheckpointManager:
                 distributed.agree(final, error)
             except BaseException:
                 if primary:
-                    self._discard(temp)
+                    self._store.discard(temp)
                 raise
             if not primary:
                 outcome = distributed.broadcast("committed", None)
@@ -404,9 +356,9 @@ class CheckpointManager:
                 self._announce(outcome["steps"])
                 return
             try:
-                self._rename(step, temp, final, items, metrics)
+                self._rename(step, temp, items, metrics)
             except BaseException as e:
-                self._discard(temp)
+                self._store.discard(temp)
                 distributed.broadcast("committed", {"error": f"{type(e).__name__}: {e}"})
                 raise
             retention = None
@@ -443,18 +395,11 @@ class CheckpointManager:
             items[item.name] = {"file": path.name, "format": item.fmt.name}
         return items
 
-    def _rename(self, step: int, temp: Path, final: Path, items: Dict[str, Any], metrics: Dict[str, Any] | None) -> None:
+    def _rename(self, step: int, temp: Path, items: Dict[str, Any], metrics: Dict[str, Any] | None) -> None:
         # Written last, and required when listing: a step without it is not complete.
         with AtomicFile(temp / step_file.METADATA_FILE) as f:
             write_all(f.fd, json.dumps(step_file.step_metadata(step, items, metrics), indent=1).encode())
-        if self._bucket is not None:
-            self._bucket.commit(temp, step)
-            return
-        fsync_directory(temp)
-        if final.exists():  # os.rename would replace an empty directory
-            raise FileExistsError(f"{final} appeared during the save")
-        os.rename(temp, final)
-        fsync_directory(self.directory)
+        self._store.commit(temp, step)
 
     def _retain(self, saved: int) -> None:
         if self.retention.max_to_keep is None:
@@ -489,27 +434,9 @@ class CheckpointManager:
             if jax.process_count() > 1:
                 self._announce(distributed.broadcast("steps", self._steps_on_disk()))
 
-    def _discard(self, temp: Path) -> None:
-        r"""Removes a step's temporary directory, after a failed save."""
-
-        if self._bucket is not None:
-            self._bucket.discard(temp)
-        else:
-            shutil.rmtree(temp, ignore_errors=True)
-
     def _delete(self, step: int) -> None:
-        if self._bucket is not None:
-            self._bucket.delete(step)
-            self._metadata.pop(step, None)
-            return
-        final = self.step_directory(step)
-        # Renamed away first: a crash while removing files leaves a temporary, cleaned
-        # at the next start, never a step that looks complete and is not.
-        trash = temporary_path(final)
-        os.rename(final, trash)
-        fsync_directory(self.directory)
+        self._store.delete(step)
         self._metadata.pop(step, None)
-        shutil.rmtree(trash, ignore_errors=True)
 
     def wait_until_finished(self) -> None:
         r"""Waits for the save in flight, if any, and raises its error, if any."""

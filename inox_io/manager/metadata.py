@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["METADATA_FILE", "ITEM_NAME", "scalar_metrics", "step_metadata", "parse"]
+__all__ = ["METADATA_FILE", "ITEM_NAME", "STEP_NAME", "scalar_metrics", "step_metadata", "parse"]
 
 import json
 import math
@@ -36,6 +36,8 @@ METADATA_FILE = "_CHECKPOINT.json"  #: In each step directory, written last.
 
 #: What an item may be called: a file name in any file system.
 ITEM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+#: The name of a step's folder (or object): its number, without leading zeros.
+STEP_NAME = re.compile(r"(0|[1-9][0-9]*)\Z")
 
 _KIND = "inox_io.checkpoint"
 _VERSION = 1
