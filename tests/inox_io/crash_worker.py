@@ -20,7 +20,8 @@ with asynchronous saves instead (``path`` is then the manager's directory).
 The zygote imports JAX but never starts its runtime; each child starts its own before
 it says "go", so forking is safe and the kill clock runs over saves alone.
 
-Also imported by the tests for :func:`make_tree` and :func:`generation_of`.
+Also imported by the tests for :func:`make_tree`, :func:`generation_of` and
+:func:`own_files`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import select
 import signal
 import sys
 
-from typing import Any
+from pathlib import Path
+from typing import Any, List
 
 import ml_dtypes
 import numpy as np
@@ -75,6 +77,15 @@ def generation_of(tree: Any) -> int:
         assert np.array_equal(found, getattr(expected, name)), f"{name} holds {found}, generation {g} expected"
     assert np.array_equal(np.asarray(tree.a.value.value), expected.a.value.value), f"the tied array is not generation {g}"
     return g
+
+
+def own_files(path: Path) -> List[str]:
+    r"""The names in :py:`path`'s folder that belong to the checkpoint at :py:`path`
+    (an HF index has its shards beside it): anything else there is a leftover."""
+
+    if path.name.endswith(".safetensors.index.json"):
+        return sorted({path.name, *json.loads(path.read_text())["weight_map"].values()})
+    return [path.name]
 
 
 def save_forever(path: str, generation: int, zygote: int, options: dict) -> None:

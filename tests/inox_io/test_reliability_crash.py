@@ -24,7 +24,7 @@ import pytest
 
 import inox_io
 
-from crash_worker import generation_of, make_tree
+from crash_worker import generation_of, make_tree, own_files
 from inox_io.atomic import is_temporary
 
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -173,14 +173,6 @@ LAYOUTS = {
     "orbax": ("ckpt", {"format": "orbax"}, 1.0),
 }
 LAYOUT_KILLS, SLOW_LAYOUT_KILLS = 20, 200
-
-
-def own_files(path: Path) -> List[str]:
-    r"""The names in :py:`path`'s folder that belong to the checkpoint at :py:`path`."""
-
-    if path.name.endswith(".safetensors.index.json"):
-        return sorted({path.name, *json.loads(path.read_text())["weight_map"].values()})
-    return [path.name]
 
 
 def kill_layout_repeatedly(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import re
 
@@ -25,7 +24,7 @@ import pytest
 import inox_io
 import inox_io.atomic as atomic
 
-from crash_worker import generation_of, make_tree
+from crash_worker import generation_of, make_tree, own_files
 
 #: System calls that report nothing (their failures are the next fsync's to report).
 HINTS = {"writeback"}
@@ -196,12 +195,6 @@ def test_saves_call_the_system_only_through_the_injection_points():
 
 #: The layouts of several files: the checkpoint's name and the options of its saves.
 LAYOUTS = {"index": ("model.safetensors.index.json", {"max_shard_size": 300}), "sharded": ("ckpt", {})}
-
-
-def own_files(path: Path) -> List[str]:
-    if path.name.endswith(".safetensors.index.json"):
-        return sorted({path.name, *json.loads(path.read_text())["weight_map"].values()})
-    return [path.name]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
