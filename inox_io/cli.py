@@ -361,15 +361,15 @@ def render(path: Path, manifest: Manifest) -> List[str]:
 def step_of(path: Path) -> int | None:
     r"""The step, if :py:`path` is a complete step of a CheckpointManager directory."""
 
-    from .manager import METADATA_FILE
+    from .manager.metadata import METADATA_FILE, STEP_NAME
 
     if isinstance(path, ObjectURL):  # a step's record in a bucket
         name = path.name
-        if name.isdigit() and str(int(name)) == name and int(name) in step_manager(path).all_steps():
+        if STEP_NAME.match(name) and int(name) in step_manager(path).all_steps():
             return int(name)
         return None
     name = Path(os.path.abspath(path)).name
-    if name.isdigit() and str(int(name)) == name and (path / METADATA_FILE).is_file():
+    if STEP_NAME.match(name) and (path / METADATA_FILE).is_file():
         return int(name)
     return None
 
