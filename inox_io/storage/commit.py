@@ -171,12 +171,12 @@ def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
     sent, several at a time, at most :data:`WINDOW_BYTES` (or one object) held.
 
     Raises:
-        FileExistsError: if a checkpoint is committed at :py:`url` and not :py:`overwrite`.
+        FileExistsError: if a checkpoint is committed at :py:`url` when the files are
+            up, and not :py:`overwrite` (:func:`~inox_io.storage.writing` refuses one
+            that is there before anything is staged); its files are removed.
     """
 
     store = bucket(url)
-    if not overwrite and committed(url) is not None:
-        raise FileExistsError(f"{url} exists; pass overwrite=True to replace it")
     generation = f"{time.time_ns():x}-{secrets.token_hex(4)}"
     files = _files(folder)
     prefix = _data(url, generation)
