@@ -11,11 +11,11 @@ import os
 import threading
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping
 
 from inox.tree import mask, unmask
 
-from .errors import damage_error
+from .errors import CheckpointError, damage_error
 from .fit import Shardings, fit
 from .formats import Format, Reader, format_of, open_checkpoint, write_options
 from .manifest import Manifest, build
@@ -150,6 +150,7 @@ def load(
     names: Names | None = None,
     transforms: Transforms | None = None,
     statics: str = "like",
+    max_expansion: float | None = None,
 ) -> PyTree:
     r"""Loads a checkpoint into the structure of :py:`like`.
 
@@ -180,10 +181,15 @@ def load(
         statics: Where the non-array leaves (hyper-parameters, counters, names) come
             from when the file's and :py:`like`'s differ: ``"like"`` (with a warning
             naming each) or ``"file"`` (the file's JSON values).
+        max_expansion: For untrusted checkpoints in a compressed layout (the orbax
+            directory), the most bytes of arrays the load may allocate per byte of the
+            files storing them; a checkpoint declaring more is refused before anything
+            is read. Raw layouts never declare more than their files hold. A :py:`like`
+            bounds what a load allocates too: it is what the file must fit.
 
     Raises:
         CheckpointError: if the file is damaged or does not fit :py:`like`, naming every
-            differing path.
+            differing path, or declares more than :py:`max_expansion` allows.
 
     Example:
         >>> import tempfile
@@ -201,8 +207,26 @@ def load(
     with _paused_gc(), reading(path) as local, open_checkpoint(local) as reader:
         found = fit(reader, like, names=names, transforms=transforms)
         found.report(strict=strict, stacklevel=2, statics=statics)
-        arrays = reader.load(found.targets(shardings), verify=verify)
+        targets = found.targets(shardings)
+        if max_expansion is not None:
+            _within_expansion(reader, targets, max_expansion)
+        arrays = reader.load(targets, verify=verify)
     return found.rebuild(arrays, statics)
+
+
+def _within_expansion(reader: Reader, keys: Iterable[str], max_expansion: float) -> None:
+    r"""Refuses a compressed checkpoint whose arrays :py:`keys` declare more than
+    :py:`max_expansion` bytes per byte of the files storing them."""
+
+    stored = reader.compressed_bytes()
+    declared = sum(reader.manifest.arrays[key].nbytes for key in keys)
+    if stored is not None and declared > max_expansion * stored:
+        raise CheckpointError(
+            reader.path,
+            f"declares {declared} bytes of arrays stored in {stored} bytes of files, more than "
+            f"max_expansion={max_expansion:g} times: an untrusted file is refused; pass a larger "
+            "max_expansion if the data is known to compress this well (zeros do)",
+        )
 
 
 def inspect(path: str | os.PathLike) -> Manifest:

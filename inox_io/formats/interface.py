@@ -79,6 +79,13 @@ class Reader(abc.ABC):
     def host(self, key: str) -> np.ndarray:
         r"""Returns the stored array of :py:`key` on the host, in storage dtype/shape."""
 
+    def compressed_bytes(self) -> int | None:
+        r"""The bytes its arrays are stored in, where the layout compresses them (so that
+        they may declare more than they store); :py:`None` where they are stored raw,
+        and a reader refuses to read past what its files hold."""
+
+        return None
+
     def close(self) -> None:
         pass
 

@@ -53,6 +53,7 @@ from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
 from .checksums import Checksums, crc32
 from .directory_commit import MANIFEST, reporting_growth, save_directory
 from .interface import Format, Reader, Target
+from .orbax_arrays import CHUNK_BYTES, OrbaxArrays
 from .transfer import host_bytes, place
 
 ARRAYS = "arrays"
@@ -208,7 +209,11 @@ class OrbaxDirectoryFormat(Format):
                         # Orbax reports no progress: the files growing in the temporary do
                         # (orbax writes into a temporary of its own there, then renames it).
                         with reporting_growth(temp, progress, manifest.nbytes):
-                            shielded(lambda: checkpointer.save(temp / ARRAYS, args=ocp.args.StandardSave(items)))
+                            # Chunks of at most CHUNK_BYTES: a load decodes one chunk at a
+                            # time, not each array (or shard) whole.
+                            chunked = {name: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for name in items}
+                            save = ocp.args.StandardSave(items, save_args=chunked)
+                            shielded(lambda: checkpointer.save(temp / ARRAYS, args=save))
                     finally:
                         checkpointer.close()
                 if crcs is not None:
@@ -392,6 +397,13 @@ class OrbaxReader(Reader):
     def arrays(self) -> Path:
         return self.path.absolute() / ARRAYS
 
+    def compressed_bytes(self) -> int:
+        r"""The size of the files of the orbax checkpoint (compressed chunks, and orbax's
+        records of them)."""
+
+        self.check_files()
+        return sum(os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(self.arrays) for name in names)
+
     def stored(self) -> Dict[str, Any]:
         r"""Orbax's metadata (shape, dtype) of each entry, by name."""
 
@@ -421,24 +433,25 @@ class OrbaxReader(Reader):
             )
 
     def restore(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
-        r"""Restores the named entries only (partial restore)."""
-
-        import orbax.checkpoint as ocp
+        r"""Reads the named entries only, each onto the sharding of its item in
+        :py:`items` (a host array without one), a chunk at a time (see
+        :mod:`.orbax_arrays`): the arrays returned and a few chunks, not orbax's second
+        copy of each array. :py:`args` (orbax's restore arguments) say nothing more here."""
 
         self.check_files()
-        names = {orbax_name(k): k for k in items}
+        out = {}
         try:
-            restored = ocp.PyTreeCheckpointer().restore(
-                self.arrays,
-                args=ocp.args.PyTreeRestore(
-                    item={orbax_name(k): v for k, v in items.items()},
-                    restore_args={orbax_name(k): v for k, v in args.items()},
-                    partial_restore=True,
-                ),
-            )
+            arrays = OrbaxArrays(self.arrays)
+        except CheckpointError as e:
+            raise CheckpointError(self.path, f"{ARRAYS}/: {e.message}") from None
         except Exception as e:
-            raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})") from None
-        return {names[name]: x for name, x in restored.items()}
+            raise CheckpointError(self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})") from None
+        for key, item in items.items():
+            try:
+                out[key] = arrays.read(orbax_name(key), getattr(item, "sharding", None))
+            except Exception as e:
+                raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})", key=key) from None
+        return out
 
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         return self.consistently(lambda: self.load_once(targets, verify))

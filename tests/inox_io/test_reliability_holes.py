@@ -386,3 +386,52 @@ def test_a_failing_disk_is_a_clear_oserror(tmp_path, layout):
     assert "not saved; the checkpoint there, if any, is untouched" in message
     assert inox_io.load(path, {"x": jnp.zeros(1000)})["x"].tolist() == [1.0] * 1000
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+
+
+# 4. A load's memory: the arrays it returns and a bounded working set, in every layout
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+import jax, jax.numpy as jnp, numpy as np, orbax.checkpoint, inox_io
+path, shape, like = sys.argv[1], tuple(json.loads(sys.argv[2])), sys.argv[3] == 'like'
+if sys.argv[4] == 'save':
+    inox_io.save(path, {'w': np.zeros(shape, np.float32)}, format='orbax')
+    sys.exit()
+inox_io.inspect(path)
+before = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
+tree = inox_io.load(path, {'w': jax.ShapeDtypeStruct(shape, jnp.float32)} if like else None)
+jax.block_until_ready(tree)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+
+
+@pytest.mark.parametrize("like", ["like", "no like"])
+def test_a_compressed_load_holds_its_arrays_and_a_bounded_working_set(tmp_path, like):
+    r"""Loading a 256 MiB array from the orbax layout (compressed: tensorstore decodes
+    whole chunks) grows the process by at most 1.1x the array + 100 MB, counted by the
+    kernel's peak of resident memory. Orbax's restore peaked at 2.13x."""
+
+    import subprocess
+    import sys
+
+    shape, nbytes = [256, 1024, 256], 2**28
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "ckpt"), json.dumps(shape), like, *args],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    run("save")
+    grown = int(run("load").split()[-1])
+    assert grown <= 1.1 * nbytes + 100e6, f"{grown / nbytes:.2f}x the array"
+
+
+def test_an_untrusted_compressed_checkpoint_is_bounded_by_max_expansion(tmp_path):
+    r"""A 30 KB directory declaring 64 MiB of zeros: refused under a limit of declared
+    against stored bytes, before anything is read; loaded when the caller allows it."""
+
+    inox_io.save(tmp_path / "ckpt", {"w": np.zeros(2**24, np.float32)}, format="orbax")
+    with pytest.raises(inox_io.CheckpointError, match=r"max_expansion=100 times"):
+        inox_io.load(tmp_path / "ckpt", max_expansion=100)
+    assert inox_io.load(tmp_path / "ckpt", max_expansion=1e6)["['w']"].shape == (2**24,)
+    small = tmp_path / "small.safetensors"
+    inox_io.save(small, {"w": np.zeros(2**16, np.float32)})
+    assert inox_io.load(small, max_expansion=1.0)["['w']"].shape == (2**16,)  # raw: never more than stored
