@@ -29,6 +29,7 @@ __all__ = [
     "encode_tag",
     "decode_tag",
     "no_duplicate_keys",
+    "misplaced_manifest",
     "shape_problem",
     "MAX_MANIFEST_BYTES",
 ]
@@ -340,6 +341,30 @@ def no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
                 raise ValueError(f"duplicate key {key!r}")
             seen.add(key)
     return out
+
+
+def misplaced_manifest(entries: Mapping[str, Any], expected: Tuple[str, ...] = (FORMAT,)) -> str | None:
+    r"""Where :py:`entries` (a file's metadata, looked into one level down) hold an
+    inox_io manifest elsewhere than at :py:`expected`: under a damaged name, which would
+    have the file read as another tool's, its arrays unchecked.
+
+    Example:
+        >>> misplaced_manifest({'format': 'pt', 'inox_iZ': '{"format":"inox_io","version":1}'})
+        'inox_iZ'
+        >>> index = {'metadaZa': {'inox_io': '{"format":"inox_io"}'}}
+        >>> misplaced_manifest(index, expected=('metadata', 'inox_io'))
+        'metadaZa.inox_io'
+    """
+
+    def holds(value: Any) -> bool:
+        return isinstance(value, str) and value.startswith('{"format":"inox_io"')
+
+    for name, value in entries.items():
+        inner = value.items() if isinstance(value, dict) else ()
+        for path, x in [((name,), value), *(((name, k), v) for k, v in inner)]:
+            if holds(x) and path != expected:
+                return ".".join(map(str, path))
+    return None
 
 
 def _depth(x: Any) -> int:

@@ -47,7 +47,7 @@ import jax
 
 from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, replaced, save_error, save_guard, write_all
 from ..errors import CheckpointError
-from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest, misplaced_manifest
 from .interface import Format, Reader, Target
 from .payload import write_payload_file
 from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, foreign_manifest, header_entry
@@ -254,6 +254,9 @@ class IndexReader(Reader):
             if stray:
                 raise CheckpointError(self.path, "in the weight map but not in the manifest", key=stray[0])
         else:
+            misplaced = misplaced_manifest(index, expected=("metadata", FORMAT))
+            if misplaced is not None:  # damaged: read as a foreign index, nothing would be checked
+                raise CheckpointError(self.path, f"holds an inox_io manifest under {misplaced!r}, not metadata.{FORMAT} (damaged?)")
             self.manifest = Manifest({})  # filled from the shards' headers below
 
         self.owner: Dict[str, SafetensorsReader] = {}

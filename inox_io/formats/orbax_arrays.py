@@ -43,7 +43,7 @@ from .payload import aligned_empty
 
 #: The most bytes of one chunk inox_io's orbax-layout saves write (orbax's
 #: ``chunk_byte_size``): the unit of a load's working set.
-CHUNK_BYTES = 16 * 2**20
+CHUNK_BYTES = 8 * 2**20
 
 #: Chunks read at once: enough to keep tensorstore's decoding busy, few enough that the
 #: working set stays a few :data:`CHUNK_BYTES`.
@@ -86,6 +86,7 @@ class OrbaxArrays:
         self.context = ts.Context(
             {"cache_pool": {"total_bytes_limit": 0}, "data_copy_concurrency": {"limit": CHUNKS_IN_FLIGHT}}
         )
+        self.stores: Dict[str, Any] = {}
 
     def spec(self, name: str) -> Dict[str, Any]:
         r"""The tensorstore spec of the array :py:`name`, as orbax lays it out."""
@@ -97,9 +98,13 @@ class OrbaxArrays:
         return {"driver": self.driver, "kvstore": kvstore}
 
     def open(self, name: str) -> Any:
+        r"""The tensorstore of the array :py:`name` (opened once)."""
+
         import tensorstore as ts
 
-        return ts.open(self.spec(name), open=True, read=True, context=self.context).result()
+        if name not in self.stores:
+            self.stores[name] = ts.open(self.spec(name), open=True, read=True, context=self.context).result()
+        return self.stores[name]
 
     def read(self, name: str, sharding: jax.sharding.Sharding | None) -> Any:
         r"""The array :py:`name`: a host array without :py:`sharding`, else a

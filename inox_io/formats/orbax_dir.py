@@ -321,8 +321,20 @@ class OrbaxReader(Reader):
         self.open()
 
     def open(self) -> None:
-        r"""Reads the manifest of the directory at the path, and which directory it is."""
+        r"""Reads the manifest of the directory at the path, and which directory it is;
+        again if an overwrite replaced the directory meanwhile (and is removing the old
+        one)."""
 
+        self.status: os.stat_result | None = None
+        for _ in range(MAX_REPLACEMENTS - 1):
+            try:
+                return self.open_once()
+            except CheckpointError:
+                if self.status is None or not replaced(self.path, self.status):
+                    raise
+        self.open_once()
+
+    def open_once(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.path, flags)
@@ -345,7 +357,7 @@ class OrbaxReader(Reader):
         finally:
             os.close(fd)
         self.manifest = Manifest.from_json(text, source=str(self.path), no_checksums_by_design=True)
-        self._stored: Dict[str, Any] | None = None
+        self._arrays: OrbaxArrays | None = None
         self._files_checked = False
 
     def consistently(self, read: Callable[[], Any]) -> Any:
@@ -404,26 +416,36 @@ class OrbaxReader(Reader):
         self.check_files()
         return sum(os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(self.arrays) for name in names)
 
-    def stored(self) -> Dict[str, Any]:
-        r"""Orbax's metadata (shape, dtype) of each entry, by name."""
+    def orbax_arrays(self) -> OrbaxArrays:
+        r"""The arrays of ``arrays/``, opened through tensorstore (once per reader)."""
 
-        if self._stored is None:
-            import orbax.checkpoint as ocp
-
+        if self._arrays is None:
             self.check_files()
             try:
-                self._stored = dict(ocp.PyTreeCheckpointHandler().metadata(self.arrays).tree)
+                self._arrays = OrbaxArrays(self.arrays)
+            except CheckpointError as e:
+                raise CheckpointError(self.path, f"{ARRAYS}/: {e.message}") from None
             except Exception as e:
-                raise CheckpointError(
-                    self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})"
-                ) from None
-        return self._stored
+                raise CheckpointError(self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})") from None
+        return self._arrays
+
+    def entry(self, key: str) -> Any:
+        r"""The stored entry of :py:`key` (its :py:`shape` and :py:`dtype`), or
+        :py:`None` if there is none."""
+
+        arrays = self.orbax_arrays()
+        try:
+            return arrays.open(orbax_name(key))
+        except Exception as e:
+            if "does not exist" in str(e):
+                return None
+            raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})", key=key) from None
 
     def check(self, key: str) -> None:
-        info, entry = self.manifest.arrays[key], self.stored().get(orbax_name(key))
+        info, entry = self.manifest.arrays[key], self.entry(key)
         if entry is None:
             raise CheckpointError(self.path, f"listed in the manifest but not stored in {ARRAYS}/", key=key)
-        shape, dtype = tuple(entry.shape), np.dtype(entry.dtype)
+        shape, dtype = tuple(entry.shape), np.dtype(getattr(entry.dtype, "numpy_dtype", entry.dtype))
         if (shape, dtype) != (info.storage_shape, orbax_dtype(info)):
             raise CheckpointError(
                 self.path,
@@ -438,14 +460,7 @@ class OrbaxReader(Reader):
         :mod:`.orbax_arrays`): the arrays returned and a few chunks, not orbax's second
         copy of each array. :py:`args` (orbax's restore arguments) say nothing more here."""
 
-        self.check_files()
-        out = {}
-        try:
-            arrays = OrbaxArrays(self.arrays)
-        except CheckpointError as e:
-            raise CheckpointError(self.path, f"{ARRAYS}/: {e.message}") from None
-        except Exception as e:
-            raise CheckpointError(self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})") from None
+        arrays, out = self.orbax_arrays(), {}
         for key, item in items.items():
             try:
                 out[key] = arrays.read(orbax_name(key), getattr(item, "sharding", None))

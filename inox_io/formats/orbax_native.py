@@ -443,11 +443,11 @@ class OrbaxNativeReader(OrbaxReader):
     def arrays(self) -> Path:
         return self.path.absolute()
 
-    def stored(self) -> Dict[str, Any]:
-        r"""Orbax's description (shape, dtype) of each array, by name, where
+    def entry(self, key: str) -> Any:
+        r"""Orbax's description (shape, dtype) of the array of :py:`key`, where
         :meth:`OrbaxReader.check` looks it up."""
 
-        return {orbax_name(key): self.leaves[key].metadata for key in self.manifest.arrays}
+        return self.leaves[key].metadata
 
     def restore(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
         r"""Restores the leaves of :py:`items` (stored keys) only, each tree's through

@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Tuple
 
-from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys, shape_problem
+from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, misplaced_manifest, no_duplicate_keys, shape_problem
 from .interface import Format
 from .payload import FileReader, write_payload_file
 
@@ -162,11 +162,9 @@ class SafetensorsReader(FileReader):
         if FORMAT in metadata:
             manifest = Manifest.from_json(metadata[FORMAT], source=str(self.path))
         else:
-            for name, value in metadata.items():
-                # Our manifest under a damaged name: read as a foreign file, the arrays
-                # would go unchecked.
-                if value.startswith('{"format":"inox_io"'):
-                    self.fail(f"__metadata__ holds an inox_io manifest under {name!r}, not {FORMAT!r} (damaged?)")
+            name = misplaced_manifest(metadata)
+            if name is not None:
+                self.fail(f"__metadata__ holds an inox_io manifest under {name!r}, not {FORMAT!r} (damaged?)")
             manifest = self.synthesize(stored)
 
         ranges = {}

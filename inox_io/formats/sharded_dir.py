@@ -676,8 +676,19 @@ class ShardedReader(Reader):
         self.open()
 
     def open(self) -> None:
-        r"""Opens the directory at the path and reads its manifest."""
+        r"""Opens the directory at the path and reads its manifest; again if an
+        overwrite replaced the directory meanwhile (and is removing the old one)."""
 
+        self.status: os.stat_result | None = None
+        for _ in range(MAX_REPLACEMENTS - 1):
+            try:
+                return self.open_once()
+            except CheckpointError:
+                if self.status is None or not replaced(self.path, self.status):
+                    raise
+        self.open_once()
+
+    def open_once(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             folder = os.open(self.path, flags)
