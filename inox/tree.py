@@ -23,6 +23,7 @@ __all__ = [
     "Static",
     "Mask",
     "is_array",
+    "warn_if_unstable",
     "mask",
     "unmask",
     "mask_static",
@@ -37,10 +38,13 @@ __all__ = [
 import dataclasses
 import functools
 import jax
+import warnings
 import jax.tree_util as jtu
 import numpy as np
 
 from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tuple
+
+from .errors import RecompilationWarning
 
 PyTree = Any
 KeyPath = Tuple[Any, ...]
@@ -123,6 +127,52 @@ def tree_repr(self: Any, linewidth: int = 88, typeonly: bool = True, **kwargs: A
     return printer.plain(self, 0)
 
 
+def _unhashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return True
+    return False
+
+
+def _local_function(value: Any) -> bool:
+    # A lambda, or a function defined inside another: each evaluation of its
+    # definition makes a new object, equal only to itself.
+    name = getattr(value, "__qualname__", "") if callable(value) else ""
+    return isinstance(name, str) and ("<lambda>" in name or "<locals>" in name)
+
+
+def warn_if_unstable(value: Any, stacklevel: int = 2) -> None:
+    r"""Warns, with :class:`inox.errors.RecompilationWarning`, where a value made
+    static would likely make :func:`jax.jit` compile again: a value that cannot be
+    hashed (a list, an array), or a local function (a lambda, or a function defined in
+    another), as the original inox warns.
+
+    Arguments:
+        value: The value about to be made static.
+        stacklevel: The caller's frame to blame, as in :func:`warnings.warn`
+            (counted from the caller of this function).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter('always')
+        ...     warn_if_unstable((1, 'a')); warn_if_unstable(len)  # fine
+        ...     warn_if_unstable([1]); warn_if_unstable(lambda x: x)
+        >>> for w in caught: print(w.message)
+        static value of unhashable type 'list': it may cause frequent JIT recompilations.
+        static local function '<lambda>': it may cause frequent JIT recompilations.
+    """
+
+    if _unhashable(value):
+        what = f"static value of unhashable type '{type(value).__name__}'"
+    elif _local_function(value):
+        what = f"static local function '{value.__qualname__}'"
+    else:
+        return
+    warnings.warn(f"{what}: it may cause frequent JIT recompilations.", RecompilationWarning, stacklevel + 1)
+
+
 class Static(metaclass=PyTreeMeta):
     r"""Hashable, leafless wrapper: its value lives in the tree definition.
 
@@ -131,12 +181,21 @@ class Static(metaclass=PyTreeMeta):
     hashed (lists) hash by their type alone; values whose equality is not a boolean
     (arrays) compare by identity.
 
+    As the original inox's, the constructor warns (:func:`warn_if_unstable`) where the
+    value is likely to make :func:`jax.jit` compile again: one that cannot be hashed,
+    or a local function. :meth:`wrap` does not check.
+
+    Arguments:
+        value: The value to wrap, preferably hashable.
+        warn: Whether to warn about such a value.
+
     Example:
         >>> jax.tree.leaves([Static('relu'), jnp.ones(2)])
         [Array([1., 1.], dtype=float32)]
         >>> Static('relu') == Static('relu'), Static(1) == Static(1.0)
         (True, False)
-        >>> Static([1, 2]) == Static([1, 2]), hash(Static([1, 2])) == hash(Static([3]))
+        >>> a, b = Static([1, 2], warn=False), Static([1, 2], warn=False)  # no warning
+        >>> a == b, hash(a) == hash(Static.wrap([3]))
         (True, True)
         >>> f = jax.jit(lambda s: jnp.asarray(s.value) * 2)
         >>> f(Static(1)).dtype, f(Static(1.0)).dtype  # one trace each
@@ -147,8 +206,25 @@ class Static(metaclass=PyTreeMeta):
 
     __slots__ = ("value",)
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, *, warn: bool = True):
+        if warn:
+            warn_if_unstable(value)
         self.value = value
+
+    @classmethod
+    def wrap(cls, value: Any) -> Static:
+        r"""Wraps a value without the constructor (no warning, no :py:`__init__` of
+        a subclass): how unflattening, unpickling and copying rebuild a wrapper, and
+        how inox wraps values that its user did not choose to make static.
+
+        Example:
+            >>> Mask.wrap([1, 2])  # no warning
+            Mask([1, 2])
+        """
+
+        self = object.__new__(cls)
+        self.value = value
+        return self
 
     def __eq__(self, other: Any) -> bool:
         if type(other) is not type(self):
@@ -183,12 +259,12 @@ class Static(metaclass=PyTreeMeta):
 
     @classmethod
     def tree_unflatten(cls, data: _StaticData, children: Sequence) -> Static:
-        return cls(data.static.value)
+        return cls.wrap(data.static.value)
 
     def __reduce__(self):
         # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
         # which would leave Static(None) without a value.
-        return type(self), (self.value,)
+        return type(self).wrap, (self.value,)
 
 
 class _StaticData:
@@ -234,7 +310,7 @@ def _unwrap_mask(x: Any) -> Any:
     return x.value if _is_mask(x) else x
 
 
-def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree:
+def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None, *, warn: bool = True) -> PyTree:
     r"""Wraps the non-array leaves of a tree in :class:`Mask`, hiding them from
     :func:`jax.tree.leaves` and :func:`jax.tree.map`.
 
@@ -244,6 +320,9 @@ def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree
     Arguments:
         tree: A tree.
         is_static: Which leaves to hide; by default those that are not arrays.
+        warn: Whether to warn, as :class:`Static` does, about leaves that would make
+            :func:`jax.jit` compile again (local functions); off where the tree is
+            masked for bookkeeping, not for a transformation.
 
     Example:
         >>> jax.tree.leaves(mask({'a': jnp.zeros(1), 'n': 3}))
@@ -253,7 +332,8 @@ def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree
     """
 
     is_static = is_static or (lambda x: not is_array(x))
-    return jax.tree.map(lambda x: Mask(x) if is_static(x) else x, tree)
+    wrap = Mask if warn else Mask.wrap
+    return jax.tree.map(lambda x: wrap(x) if is_static(x) else x, tree)
 
 
 def unmask(tree: PyTree) -> PyTree:
@@ -293,11 +373,13 @@ def mask_children(tree: PyTree) -> PyTree:
     r"""Masks the non-array leaves of a tree without entering :class:`PyTreeMeta` nodes.
 
     Nodes such as modules and references mask their own children, and must be kept as
-    the same objects so that shared identity can be detected by their scope.
+    the same objects so that shared identity can be detected by their scope. This does
+    not warn as :class:`Static` does: the original inox does not hide the leaves of
+    modules, so it has no warning to give here either.
     """
 
     def wrap(x: Any) -> Any:
-        return x if is_node(x) or is_array(x) or x is None else Mask(x)
+        return x if is_node(x) or is_array(x) or x is None else Mask.wrap(x)
 
     return jax.tree.map(wrap, tree, is_leaf=is_node)
 
