@@ -30,6 +30,7 @@ __all__ = [
     "unmask_static",
     "partition",
     "combine",
+    "static_leaves",
     "leaf_paths",
     "find_duplicates",
     "prepr",
@@ -507,6 +508,11 @@ def leaf_paths(treedef: jtu.PyTreeDef) -> Tuple[str, ...]:
     return paths
 
 
+@functools.lru_cache(maxsize=256)
+def _path_set(treedef: jtu.PyTreeDef) -> frozenset:
+    return frozenset(leaf_paths(treedef))
+
+
 def partition(
     tree: PyTree,
     *filters: Filter,
@@ -557,11 +563,59 @@ def partition(
     return jtu.tree_structure(tree, is_leaf=is_leaf), *dicts
 
 
+@functools.lru_cache(maxsize=256)
+def _hidden(treedef: jtu.PyTreeDef) -> Tuple[Tuple[str, Any], ...]:
+    items = jtu.tree_leaves_with_path(skeleton(treedef), is_leaf=_is_mask)
+    return tuple((jtu.keystr(path), x.value) for path, x in items if _is_mask(x))
+
+
+def static_leaves(treedef: jtu.PyTreeDef) -> Dict[str, Any]:
+    r"""Returns the values that a tree definition hides in :class:`Mask` wrappers (the
+    non-array leaves of modules, and those of masked trees), by key path.
+
+    They are the :py:`leaves` of the original inox's :class:`inox.nn.ModuleDef`, and
+    :func:`combine` accepts them beside the arrays.
+
+    Example:
+        >>> static_leaves(jax.tree.structure(nn.Module(act='relu', w=jnp.ones(2), n=[3])))
+        {'.act': 'relu', '.n[0]': 3}
+    """
+
+    return dict(_hidden(treedef))
+
+
+def _key_list(keys: Sequence[str]) -> str:
+    return ", ".join(f'"{key}"' for key in keys)
+
+
+def _replace_hidden(treedef: jtu.PyTreeDef, arrays: Dict[str, Any], hidden: Dict[str, Any]) -> PyTree:
+    r"""Rebuilds a tree with its arrays, and new values for some of its hidden leaves."""
+
+    items, outer = jtu.tree_flatten_with_path(skeleton(treedef), is_leaf=_is_mask)
+    leaves = []
+    for path, x in items:
+        key = jtu.keystr(path)
+        if _is_mask(x):
+            # Masked again: a masked tree stays masked, and modules and references
+            # unmask their children when unflattened.
+            leaves.append(Mask.wrap(hidden[key]) if key in hidden else x)
+        else:
+            leaves.append(arrays[key])
+    return jtu.tree_unflatten(outer, leaves)
+
+
 def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
     r"""Inverse of :func:`partition`: rebuilds a tree from path-leaf dictionaries.
 
+    The dictionaries may also give values for the leaves that the definition hides
+    (:func:`static_leaves`, the :py:`leaves` of a :class:`inox.nn.ModuleDef`), which
+    replace them; those they leave out keep their values.
+
     Raises:
-        KeyError: naming every missing and every unexpected key.
+        KeyError: worded as the original inox's, ``Missing key(s) in leaves: "k", ...``
+            (in leaf order) and ``Unexpected key(s) in leaves: "k", ...`` (in the order
+            of the dictionaries); where keys are both missing and unexpected, the
+            message has both sentences, missing first.
 
     Example:
         >>> treedef, leaves = partition({'a': 1, 'b': 2})
@@ -570,7 +624,10 @@ def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
         >>> combine(treedef, {"['a']": 3, "['c']": 4})
         Traceback (most recent call last):
           ...
-        KeyError: "missing key(s) ['b']; unexpected key(s) ['c']"
+        KeyError: 'Missing key(s) in leaves: "[\'b\']". Unexpected key(s) in leaves: "[\'c\']".'
+        >>> treedef, arrays = partition(nn.Module(act='relu', w=jnp.ones(2)))
+        >>> combine(treedef, arrays, {'.act': 'gelu'}).act
+        'gelu'
     """
 
     merged: Dict[str, Any] = {}
@@ -579,16 +636,26 @@ def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
 
     paths = leaf_paths(treedef)
     missing = [path for path in paths if path not in merged]
-    unexpected = sorted(set(merged).difference(paths))
+    known = _path_set(treedef)
+    unexpected = [key for key in merged if key not in known]
+
+    hidden: Dict[str, Any] = {}
+    if unexpected:  # perhaps values for hidden leaves
+        current = static_leaves(treedef)
+        hidden = {key: merged[key] for key in unexpected if key in current}
+        unexpected = [key for key in unexpected if key not in current]
+        hidden = {key: value for key, value in hidden.items() if value is not current[key]}
 
     if missing or unexpected:
         problems = []
         if missing:
-            problems.append(f"missing key(s) {', '.join(missing)}")
+            problems.append(f"Missing key(s) in leaves: {_key_list(missing)}.")
         if unexpected:
-            problems.append(f"unexpected key(s) {', '.join(unexpected)}")
-        raise KeyError("; ".join(problems))
+            problems.append(f"Unexpected key(s) in leaves: {_key_list(unexpected)}.")
+        raise KeyError(" ".join(problems))
 
+    if hidden:
+        return _replace_hidden(treedef, merged, hidden)
     return jtu.tree_unflatten(treedef, [merged[path] for path in paths])
 
 
