@@ -23,6 +23,7 @@ __all__ = [
     "Static",
     "Mask",
     "is_array",
+    "is_atom",
     "warn_if_unstable",
     "mask",
     "unmask",
@@ -48,6 +49,7 @@ from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tupl
 from .errors import RecompilationWarning
 
 PyTree = Any
+PyTreeDef = jtu.PyTreeDef  # the original inox's name for annotations
 KeyPath = Tuple[Any, ...]
 Filter = type | Callable[[Any], bool]
 
@@ -64,6 +66,17 @@ def is_array(x: Any) -> bool:
     """
 
     return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def is_atom(x: Any) -> bool:
+    r"""Returns whether :py:`x` has no children: :py:`None`, or a leaf for JAX.
+
+    Example:
+        >>> is_atom(None), is_atom('a'), is_atom(jnp.ones(2)), is_atom([]), is_atom(Static(1))
+        (True, True, True, False, False)
+    """
+
+    return x is None or jtu.all_leaves([x])
 
 
 class PyTreeMeta(type):

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+# is_module is public, but not exported to inox.nn, as in the original inox.
 __all__ = [
     "Module",
     "ModuleDef",
@@ -55,6 +56,17 @@ from ..tree import (
     unmask_children,
     walk,
 )
+
+
+def is_module(x: Any) -> bool:
+    r"""Returns whether :py:`x` is a :class:`Module` (a predicate for :py:`is_leaf`).
+
+    Example:
+        >>> is_module(nn.ReLU()), is_module(nn.Parameter(jnp.ones(1)))
+        (True, False)
+    """
+
+    return isinstance(x, Module)
 
 
 class Module(Namespace):

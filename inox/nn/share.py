@@ -56,7 +56,7 @@ from typing import Any, Dict, Hashable, Iterator, List, NamedTuple, Sequence, Tu
 
 from .module import Module
 from ..errors import UsageError
-from ..tree import KeyPath, PyTreeMeta, mask_children, prepr, unmask_children
+from ..tree import KeyPath, PyTreeMeta, mask_children, prepr, tree_repr, unmask_children
 
 _REFERENCE_ATTRS = ("tag", "obj", "value")
 
@@ -254,6 +254,8 @@ class Reference(metaclass=PyTreeMeta):
 
     def __contains__(self, item: Any) -> bool:
         return item in self._target()
+
+    tree_repr = tree_repr  # the original inox's hook, for subclasses that call it
 
     def __repr__(self) -> str:
         return prepr(self)
