@@ -649,6 +649,9 @@ def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
 
     paths = leaf_paths(treedef)
     missing = [path for path in paths if path not in merged]
+    if not missing and len(merged) == len(paths):  # the common case: nothing else given
+        return jtu.tree_unflatten(treedef, [merged[path] for path in paths])
+
     known = _path_set(treedef)
     unexpected = [key for key in merged if key not in known]
 
