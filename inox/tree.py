@@ -23,12 +23,15 @@ __all__ = [
     "Static",
     "Mask",
     "is_array",
+    "is_atom",
+    "warn_if_unstable",
     "mask",
     "unmask",
     "mask_static",
     "unmask_static",
     "partition",
     "combine",
+    "static_leaves",
     "leaf_paths",
     "find_duplicates",
     "prepr",
@@ -37,12 +40,16 @@ __all__ = [
 import dataclasses
 import functools
 import jax
+import warnings
 import jax.tree_util as jtu
 import numpy as np
 
 from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tuple
 
+from .errors import RecompilationWarning
+
 PyTree = Any
+PyTreeDef = jtu.PyTreeDef  # the original inox's name for annotations
 KeyPath = Tuple[Any, ...]
 Filter = type | Callable[[Any], bool]
 
@@ -59,6 +66,17 @@ def is_array(x: Any) -> bool:
     """
 
     return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def is_atom(x: Any) -> bool:
+    r"""Returns whether :py:`x` has no children: :py:`None`, or a leaf for JAX.
+
+    Example:
+        >>> is_atom(None), is_atom('a'), is_atom(jnp.ones(2)), is_atom([]), is_atom(Static(1))
+        (True, True, True, False, False)
+    """
+
+    return x is None or jtu.all_leaves([x])
 
 
 class PyTreeMeta(type):
@@ -123,6 +141,52 @@ def tree_repr(self: Any, linewidth: int = 88, typeonly: bool = True, **kwargs: A
     return printer.plain(self, 0)
 
 
+def _unhashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return True
+    return False
+
+
+def _local_function(value: Any) -> bool:
+    # A lambda, or a function defined inside another: each evaluation of its
+    # definition makes a new object, equal only to itself.
+    name = getattr(value, "__qualname__", "") if callable(value) else ""
+    return isinstance(name, str) and ("<lambda>" in name or "<locals>" in name)
+
+
+def warn_if_unstable(value: Any, stacklevel: int = 2) -> None:
+    r"""Warns, with :class:`inox.errors.RecompilationWarning`, where a value made
+    static would likely make :func:`jax.jit` compile again: a value that cannot be
+    hashed (a list, an array), or a local function (a lambda, or a function defined in
+    another), as the original inox warns.
+
+    Arguments:
+        value: The value about to be made static.
+        stacklevel: The caller's frame to blame, as in :func:`warnings.warn`
+            (counted from the caller of this function).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter('always')
+        ...     warn_if_unstable((1, 'a')); warn_if_unstable(len)  # fine
+        ...     warn_if_unstable([1]); warn_if_unstable(lambda x: x)
+        >>> for w in caught: print(w.message)
+        static value of unhashable type 'list': it may cause frequent JIT recompilations.
+        static local function '<lambda>': it may cause frequent JIT recompilations.
+    """
+
+    if _unhashable(value):
+        what = f"static value of unhashable type '{type(value).__name__}'"
+    elif _local_function(value):
+        what = f"static local function '{value.__qualname__}'"
+    else:
+        return
+    warnings.warn(f"{what}: it may cause frequent JIT recompilations.", RecompilationWarning, stacklevel + 1)
+
+
 class Static(metaclass=PyTreeMeta):
     r"""Hashable, leafless wrapper: its value lives in the tree definition.
 
@@ -131,12 +195,21 @@ class Static(metaclass=PyTreeMeta):
     hashed (lists) hash by their type alone; values whose equality is not a boolean
     (arrays) compare by identity.
 
+    As the original inox's, the constructor warns (:func:`warn_if_unstable`) where the
+    value is likely to make :func:`jax.jit` compile again: one that cannot be hashed,
+    or a local function. :meth:`wrap` does not check.
+
+    Arguments:
+        value: The value to wrap, preferably hashable.
+        warn: Whether to warn about such a value.
+
     Example:
         >>> jax.tree.leaves([Static('relu'), jnp.ones(2)])
         [Array([1., 1.], dtype=float32)]
         >>> Static('relu') == Static('relu'), Static(1) == Static(1.0)
         (True, False)
-        >>> Static([1, 2]) == Static([1, 2]), hash(Static([1, 2])) == hash(Static([3]))
+        >>> a, b = Static([1, 2], warn=False), Static([1, 2], warn=False)  # no warning
+        >>> a == b, hash(a) == hash(Static.wrap([3]))
         (True, True)
         >>> f = jax.jit(lambda s: jnp.asarray(s.value) * 2)
         >>> f(Static(1)).dtype, f(Static(1.0)).dtype  # one trace each
@@ -147,8 +220,25 @@ class Static(metaclass=PyTreeMeta):
 
     __slots__ = ("value",)
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, *, warn: bool = True):
+        if warn:
+            warn_if_unstable(value)
         self.value = value
+
+    @classmethod
+    def wrap(cls, value: Any) -> Static:
+        r"""Wraps a value without the constructor (no warning, no :py:`__init__` of
+        a subclass): how unflattening, unpickling and copying rebuild a wrapper, and
+        how inox wraps values that its user did not choose to make static.
+
+        Example:
+            >>> Mask.wrap([1, 2])  # no warning
+            Mask([1, 2])
+        """
+
+        self = object.__new__(cls)
+        self.value = value
+        return self
 
     def __eq__(self, other: Any) -> bool:
         if type(other) is not type(self):
@@ -183,12 +273,12 @@ class Static(metaclass=PyTreeMeta):
 
     @classmethod
     def tree_unflatten(cls, data: _StaticData, children: Sequence) -> Static:
-        return cls(data.static.value)
+        return cls.wrap(data.static.value)
 
     def __reduce__(self):
         # Not __getstate__: pickle and copy skip __setstate__ when the state is None,
         # which would leave Static(None) without a value.
-        return type(self), (self.value,)
+        return type(self).wrap, (self.value,)
 
 
 class _StaticData:
@@ -234,7 +324,7 @@ def _unwrap_mask(x: Any) -> Any:
     return x.value if _is_mask(x) else x
 
 
-def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree:
+def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None, *, warn: bool = True) -> PyTree:
     r"""Wraps the non-array leaves of a tree in :class:`Mask`, hiding them from
     :func:`jax.tree.leaves` and :func:`jax.tree.map`.
 
@@ -244,6 +334,9 @@ def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree
     Arguments:
         tree: A tree.
         is_static: Which leaves to hide; by default those that are not arrays.
+        warn: Whether to warn, as :class:`Static` does, about leaves that would make
+            :func:`jax.jit` compile again (local functions); off where the tree is
+            masked for bookkeeping, not for a transformation.
 
     Example:
         >>> jax.tree.leaves(mask({'a': jnp.zeros(1), 'n': 3}))
@@ -253,7 +346,8 @@ def mask(tree: PyTree, is_static: Callable[[Any], bool] | None = None) -> PyTree
     """
 
     is_static = is_static or (lambda x: not is_array(x))
-    return jax.tree.map(lambda x: Mask(x) if is_static(x) else x, tree)
+    wrap = Mask if warn else Mask.wrap
+    return jax.tree.map(lambda x: wrap(x) if is_static(x) else x, tree)
 
 
 def unmask(tree: PyTree) -> PyTree:
@@ -293,11 +387,13 @@ def mask_children(tree: PyTree) -> PyTree:
     r"""Masks the non-array leaves of a tree without entering :class:`PyTreeMeta` nodes.
 
     Nodes such as modules and references mask their own children, and must be kept as
-    the same objects so that shared identity can be detected by their scope.
+    the same objects so that shared identity can be detected by their scope. This does
+    not warn as :class:`Static` does: the original inox does not hide the leaves of
+    modules, so it has no warning to give here either.
     """
 
     def wrap(x: Any) -> Any:
-        return x if is_node(x) or is_array(x) or x is None else Mask(x)
+        return x if is_node(x) or is_array(x) or x is None else Mask.wrap(x)
 
     return jax.tree.map(wrap, tree, is_leaf=is_node)
 
@@ -425,6 +521,11 @@ def leaf_paths(treedef: jtu.PyTreeDef) -> Tuple[str, ...]:
     return paths
 
 
+@functools.lru_cache(maxsize=256)
+def _path_set(treedef: jtu.PyTreeDef) -> frozenset:
+    return frozenset(leaf_paths(treedef))
+
+
 def partition(
     tree: PyTree,
     *filters: Filter,
@@ -475,11 +576,59 @@ def partition(
     return jtu.tree_structure(tree, is_leaf=is_leaf), *dicts
 
 
+@functools.lru_cache(maxsize=256)
+def _hidden(treedef: jtu.PyTreeDef) -> Tuple[Tuple[str, Any], ...]:
+    items = jtu.tree_leaves_with_path(skeleton(treedef), is_leaf=_is_mask)
+    return tuple((jtu.keystr(path), x.value) for path, x in items if _is_mask(x))
+
+
+def static_leaves(treedef: jtu.PyTreeDef) -> Dict[str, Any]:
+    r"""Returns the values that a tree definition hides in :class:`Mask` wrappers (the
+    non-array leaves of modules, and those of masked trees), by key path.
+
+    They are the :py:`leaves` of the original inox's :class:`inox.nn.ModuleDef`, and
+    :func:`combine` accepts them beside the arrays.
+
+    Example:
+        >>> static_leaves(jax.tree.structure(nn.Module(act='relu', w=jnp.ones(2), n=[3])))
+        {'.act': 'relu', '.n[0]': 3}
+    """
+
+    return dict(_hidden(treedef))
+
+
+def _key_list(keys: Sequence[str]) -> str:
+    return ", ".join(f'"{key}"' for key in keys)
+
+
+def _replace_hidden(treedef: jtu.PyTreeDef, arrays: Dict[str, Any], hidden: Dict[str, Any]) -> PyTree:
+    r"""Rebuilds a tree with its arrays, and new values for some of its hidden leaves."""
+
+    items, outer = jtu.tree_flatten_with_path(skeleton(treedef), is_leaf=_is_mask)
+    leaves = []
+    for path, x in items:
+        key = jtu.keystr(path)
+        if _is_mask(x):
+            # Masked again: a masked tree stays masked, and modules and references
+            # unmask their children when unflattened.
+            leaves.append(Mask.wrap(hidden[key]) if key in hidden else x)
+        else:
+            leaves.append(arrays[key])
+    return jtu.tree_unflatten(outer, leaves)
+
+
 def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
     r"""Inverse of :func:`partition`: rebuilds a tree from path-leaf dictionaries.
 
+    The dictionaries may also give values for the leaves that the definition hides
+    (:func:`static_leaves`, the :py:`leaves` of a :class:`inox.nn.ModuleDef`), which
+    replace them; those they leave out keep their values.
+
     Raises:
-        KeyError: naming every missing and every unexpected key.
+        KeyError: worded as the original inox's, ``Missing key(s) in leaves: "k", ...``
+            (in leaf order) and ``Unexpected key(s) in leaves: "k", ...`` (in the order
+            of the dictionaries); where keys are both missing and unexpected, the
+            message has both sentences, missing first.
 
     Example:
         >>> treedef, leaves = partition({'a': 1, 'b': 2})
@@ -488,7 +637,10 @@ def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
         >>> combine(treedef, {"['a']": 3, "['c']": 4})
         Traceback (most recent call last):
           ...
-        KeyError: "missing key(s) ['b']; unexpected key(s) ['c']"
+        KeyError: 'Missing key(s) in leaves: "[\'b\']". Unexpected key(s) in leaves: "[\'c\']".'
+        >>> treedef, arrays = partition(nn.Module(act='relu', w=jnp.ones(2)))
+        >>> combine(treedef, arrays, {'.act': 'gelu'}).act
+        'gelu'
     """
 
     merged: Dict[str, Any] = {}
@@ -497,16 +649,29 @@ def combine(treedef: jtu.PyTreeDef, *dicts: Dict[str, Any]) -> PyTree:
 
     paths = leaf_paths(treedef)
     missing = [path for path in paths if path not in merged]
-    unexpected = sorted(set(merged).difference(paths))
+    if not missing and len(merged) == len(paths):  # the common case: nothing else given
+        return jtu.tree_unflatten(treedef, [merged[path] for path in paths])
+
+    known = _path_set(treedef)
+    unexpected = [key for key in merged if key not in known]
+
+    hidden: Dict[str, Any] = {}
+    if unexpected:  # perhaps values for hidden leaves
+        current = static_leaves(treedef)
+        hidden = {key: merged[key] for key in unexpected if key in current}
+        unexpected = [key for key in unexpected if key not in current]
+        hidden = {key: value for key, value in hidden.items() if value is not current[key]}
 
     if missing or unexpected:
         problems = []
         if missing:
-            problems.append(f"missing key(s) {', '.join(missing)}")
+            problems.append(f"Missing key(s) in leaves: {_key_list(missing)}.")
         if unexpected:
-            problems.append(f"unexpected key(s) {', '.join(unexpected)}")
-        raise KeyError("; ".join(problems))
+            problems.append(f"Unexpected key(s) in leaves: {_key_list(unexpected)}.")
+        raise KeyError(" ".join(problems))
 
+    if hidden:
+        return _replace_hidden(treedef, merged, hidden)
     return jtu.tree_unflatten(treedef, [merged[path] for path in paths])
 
 

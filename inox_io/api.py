@@ -370,6 +370,7 @@ def abstract(fn: Callable[..., PyTree], *args: Any, **kwargs: Any) -> PyTree:
 
     def build_masked(dynamic: PyTree) -> PyTree:
         a, k = unmask(dynamic)
-        return mask(fn(*a, **k))
+        return mask(fn(*a, **k), warn=False)
 
-    return unmask(jax.eval_shape(build_masked, mask((args, kwargs))))
+    # Masked for eval_shape, not for a compilation that could recur: no warnings.
+    return unmask(jax.eval_shape(build_masked, mask((args, kwargs), warn=False)))

@@ -177,7 +177,7 @@ class Fit:
 
             def from_file(path: Any, leaf: Any) -> Any:
                 key = jtu.keystr(path)
-                return type(leaf)(self.statics[key]) if isinstance(leaf, Static) and key in self.statics else leaf
+                return type(leaf).wrap(self.statics[key]) if isinstance(leaf, Static) and key in self.statics else leaf
 
             tree = jtu.tree_map_with_path(from_file, tree, is_leaf=lambda x: isinstance(x, Static))
         return unmask(tree)

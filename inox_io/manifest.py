@@ -486,7 +486,7 @@ def tree_arrays(tree: Any) -> Tuple[jtu.PyTreeDef, Dict[str, Any]]:
         ["['w']"]
     """
 
-    treedef, arrays = partition(mask(tree))
+    treedef, arrays = partition(mask(tree, warn=False))
     return treedef, arrays
 
 

@@ -2,6 +2,7 @@ r"""Attention layers."""
 
 from __future__ import annotations
 
+# attention, the function of one head, is public but not exported to inox.nn, as in 0.7.
 __all__ = [
     "MultiheadAttention",
 ]
@@ -15,6 +16,37 @@ from jax import Array
 from .linear import Linear
 from .module import Module
 from ..random import get_rng
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
+    r"""Scaled dot-product attention, :math:`\mathrm{softmax}(Q K^T / \sqrt{C}) V`: the
+    function of one head (inox 0.7 has it, under this name, beside its layer).
+
+    Arguments:
+        q: The queries, of shape :py:`(*, S, C)`.
+        k: The keys, of shape :py:`(*, T, C)`.
+        v: The values, of shape :py:`(*, T, C')`.
+        mask: A boolean array broadcastable to :py:`(*, S, T)`, :py:`True` where a
+            query may attend to a key. A query that may attend to no key gets uniform
+            weights.
+
+    Returns:
+        The outputs, of shape :py:`(*, S, C')`.
+
+    Example:
+        >>> from inox.nn.attention import attention
+        >>> q, k, v = jnp.ones((5, 4)), jnp.ones((3, 4)), jnp.arange(6.0).reshape(3, 2)
+        >>> attention(q, k, v)[0]
+        Array([2., 3.], dtype=float32)
+        >>> attention(q, k, v, mask=jnp.array([True, False, False]))[0]
+        Array([0., 1.], dtype=float32)
+    """
+
+    logits = jnp.einsum("...sc,...tc->...st", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # The lowest finite value, rather than -inf, keeps fully masked rows NaN-free.
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jnp.einsum("...st,...tc->...sc", jax.nn.softmax(logits, axis=-1), v)
 
 
 class MultiheadAttention(Module):
@@ -102,31 +134,26 @@ class MultiheadAttention(Module):
         xk = xq if xk is None else xk
         xv = xk if xv is None else xv
 
-        def split(x: Array) -> Array:  # (*, L, N * H) -> (*, L, N, H)
-            return x.reshape(*x.shape[:-1], self.heads, -1)
+        def split(x: Array) -> Array:  # (*, L, N * H) -> (*, N, L, H)
+            return jnp.swapaxes(x.reshape(*x.shape[:-1], self.heads, -1), -2, -3)
 
         q = split(self.lin_q(xq))
         k = split(self.lin_k(xk))
         v = split(self.lin_v(xv))
 
-        logits = jnp.einsum("...snh,...tnh->...nst", q, k) / math.sqrt(q.shape[-1])
-        S, T = logits.shape[-2:]
+        S, T = q.shape[-2], k.shape[-2]
 
         if self.causal:
             causal = jnp.tril(jnp.ones((S, T), dtype=bool), T - S)
             mask = causal if mask is None else jnp.logical_and(mask, causal)
 
         if key is not None:
-            shape = logits.shape if mask is None else jnp.broadcast_shapes(logits.shape, mask.shape)
+            weights = (*jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2]), S, T)  # (*, N, S, T)
+            shape = weights if mask is None else jnp.broadcast_shapes(weights, mask.shape)
             keep = jax.random.bernoulli(key, 1 - self.dropout, shape)
             mask = keep if mask is None else jnp.logical_and(mask, keep)
 
-        if mask is not None:
-            # The lowest finite value, rather than -inf, keeps fully masked rows NaN-free.
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-
-        weights = jax.nn.softmax(logits, axis=-1)
-        y = jnp.einsum("...nst,...tnh->...snh", weights, v)
+        y = jnp.swapaxes(attention(q, k, v, mask), -2, -3)  # (*, S, N, H)
         y = y.reshape(*y.shape[:-2], -1)
 
         return self.lin_y(y)

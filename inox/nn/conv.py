@@ -16,7 +16,7 @@ from jax import Array
 from typing import Sequence, Tuple
 
 from .module import Module, Parameter
-from .spatial import pad_pairs, per_axis
+from .spatial import ndim_of, pad_pairs, per_axis
 from ..random import get_rng
 
 Padding = int | str | Sequence[int | Tuple[int, int]]
@@ -143,12 +143,6 @@ class Conv(Module):
         # XLA wants exactly one batch axis: fold them all, or make one.
         x = x.reshape(-1, *x.shape[x.ndim - n - 1 :])
 
-        spatial = tuple(range(1, n + 1))
-        dimensions = jax.lax.ConvDimensionNumbers(
-            lhs_spec=(0, n + 1, *spatial),
-            rhs_spec=(n + 1, n, *range(n)),
-            out_spec=(0, n + 1, *spatial),
-        )
         y = jax.lax.conv_general_dilated(
             x,
             self.kernel(),
@@ -156,13 +150,33 @@ class Conv(Module):
             padding=padding,
             lhs_dilation=lhs_dilation,
             rhs_dilation=self.dilation,
-            dimension_numbers=dimensions,
+            dimension_numbers=self.dimensions,
             feature_group_count=self.groups,
         )
 
         if self.bias is not None:
             y = y + self.bias()
         return y.reshape(*batch, *y.shape[1:])
+
+    ndim = ndim_of("kernel_size")
+
+    @property
+    def dimensions(self) -> jax.lax.ConvDimensionNumbers:
+        r"""The layout of the convolution for XLA: input and output
+        :py:`(N, *spatial, C)`, kernel :py:`(*kernel_size, C_in / groups, C_out)`.
+
+        Example:
+            >>> nn.Conv(3, 8, (5, 5), key=jax.random.key(0)).dimensions.rhs_spec
+            (3, 2, 0, 1)
+        """
+
+        n = len(self.kernel_size)
+        spatial = tuple(range(1, n + 1))
+        return jax.lax.ConvDimensionNumbers(
+            lhs_spec=(0, n + 1, *spatial),
+            rhs_spec=(n + 1, n, *range(n)),
+            out_spec=(0, n + 1, *spatial),
+        )
 
 
 class ConvTransposed(Conv):
@@ -192,9 +206,19 @@ class ConvTransposed(Conv):
         r"""Takes and returns the shapes of :meth:`Conv.__call__`, with the spatial
         lengths :math:`H_i'` above."""
 
-        padding = [
+        ones = (1,) * len(self.kernel_size)
+        return self._convolve(x, ones, self.transposed_padding, self.stride)
+
+    @property
+    def transposed_padding(self) -> Sequence[Tuple[int, int]]:
+        r"""The padding of the dilated input, :math:`d_i (k_i - 1) - p_i` on each side.
+
+        Example:
+            >>> nn.ConvTransposed(8, 3, (4, 4), padding=1, key=jax.random.key(0)).transposed_padding
+            [(2, 2), (2, 2)]
+        """
+
+        return [
             (d * (k - 1) - lo, d * (k - 1) - hi)
             for k, d, (lo, hi) in zip(self.kernel_size, self.dilation, self.padding)
         ]
-        ones = (1,) * len(self.kernel_size)
-        return self._convolve(x, ones, padding, self.stride)

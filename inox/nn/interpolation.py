@@ -13,7 +13,7 @@ from jax import Array
 from typing import Any, Sequence
 
 from .module import Module
-from .spatial import check_spatial
+from .spatial import check_spatial, ndim_of
 
 
 class Resample(Module):
@@ -57,3 +57,5 @@ class Resample(Module):
         # The axes that keep their length (batch, channels) are left as they are.
         shape = (*x.shape[: x.ndim - n - 1], *resized, x.shape[-1])
         return jax.image.resize(x, shape, **self.kwargs)
+
+    ndim = ndim_of("factor")

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+# is_module is public, but not exported to inox.nn, as in the original inox.
 __all__ = [
     "Module",
     "ModuleDef",
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 from ..tree import (
     Filter,
@@ -50,9 +51,22 @@ from ..tree import (
     mask_children,
     partition,
     prepr,
+    skeleton,
+    static_leaves,
     unmask_children,
     walk,
 )
+
+
+def is_module(x: Any) -> bool:
+    r"""Returns whether :py:`x` is a :class:`Module` (a predicate for :py:`is_leaf`).
+
+    Example:
+        >>> is_module(nn.ReLU()), is_module(nn.Parameter(jnp.ones(1)))
+        (True, False)
+    """
+
+    return isinstance(x, Module)
 
 
 class Module(Namespace):
@@ -140,29 +154,77 @@ class ModuleDef(metaclass=PyTreeMeta):
     :meth:`Module.partition` rebuilds the module.
 
     A module definition is hashable and leafless, so it can be a static argument of
-    :func:`jax.jit`.
+    :func:`jax.jit`. As the original inox's (a named tuple), it has the fields
+    :py:`treedef` and :py:`leaves` (the non-array leaves by key path, hidden in the
+    tree definition here), and unpacks as the pair of them.
 
     Arguments:
         treedef: The tree definition of a module.
+        leaves: Values for non-array leaves of the module, by key path, that replace
+            those in the tree definition (see :func:`inox.tree.static_leaves`).
+
+    Example:
+        >>> model = nn.Module(act='relu', w=nn.Parameter(jnp.ones(2)))
+        >>> static, params = model.partition()
+        >>> static.leaves
+        {'.act': 'relu'}
+        >>> treedef, leaves = static  # as a named tuple
+        >>> inox.tree.combine(treedef, leaves, params).act
+        'relu'
+        >>> nn.ModuleDef(treedef, {'.act': 'gelu'})(params).act
+        'gelu'
     """
 
-    def __init__(self, treedef: jtu.PyTreeDef):
+    _fields = ("treedef", "leaves")
+
+    def __init__(self, treedef: jtu.PyTreeDef, leaves: Dict[str, Any] | None = None):
+        if leaves:
+            # Replaced once, here: the definition then holds them, and hashes with them.
+            _, placeholders = partition(skeleton(treedef))
+            treedef = jtu.tree_structure(combine(treedef, placeholders, leaves))
         self.treedef = treedef
 
     def __call__(self, *dicts: Dict[str, Any]) -> Module:
         r"""Rebuilds the module.
 
         Raises:
-            KeyError: naming every missing and unexpected key.
+            KeyError: naming the missing and the unexpected keys, as
+                :func:`inox.tree.combine`.
         """
 
         return combine(self.treedef, *dicts)
+
+    @property
+    def leaves(self) -> Dict[str, Any]:
+        r"""The non-array leaves of the module, by key path (a new dictionary)."""
+
+        return static_leaves(self.treedef)
 
     @property
     def paths(self) -> Tuple[str, ...]:
         r"""The key paths of the arrays of the module, in flattening order."""
 
         return leaf_paths(self.treedef)
+
+    # The named tuple's protocol: unpacking, indexing, length, _asdict and _replace.
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.treedef, self.leaves))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return (self.treedef, self.leaves)[index]
+
+    def _asdict(self) -> Dict[str, Any]:
+        return {"treedef": self.treedef, "leaves": self.leaves}
+
+    def _replace(self, **fields: Any) -> ModuleDef:
+        unknown = sorted(set(fields).difference(self._fields))
+        if unknown:
+            raise ValueError(f"Got unexpected field names: {unknown!r}")
+        return ModuleDef(fields.get("treedef", self.treedef), fields.get("leaves"))
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, ModuleDef) and self.treedef == other.treedef

@@ -12,7 +12,7 @@ from jax import Array
 from typing import Sequence, Tuple
 
 from .module import Module
-from .spatial import check_spatial, pad_pairs
+from .spatial import check_spatial, ndim_of, pad_pairs
 
 
 class Pad(Module):
@@ -64,3 +64,5 @@ class Pad(Module):
         if self.mode == "constant":
             return jnp.pad(x, widths, mode="constant", constant_values=self.value.astype(x.dtype))
         return jnp.pad(x, widths, mode=self.mode)
+
+    ndim = ndim_of("padding")

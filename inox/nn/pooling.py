@@ -16,7 +16,7 @@ from jax import Array
 from typing import Callable, Sequence, Tuple
 
 from .module import Module
-from .spatial import check_spatial, pad_pairs, per_axis
+from .spatial import check_spatial, ndim_of, pad_pairs, per_axis
 
 
 class Pool(Module):
@@ -87,6 +87,8 @@ class Pool(Module):
             window_strides=(1,) * others + self.stride + (1,),
             padding=((0, 0),) * others + self.padding + ((0, 0),),
         )
+
+    ndim = ndim_of("window_size")
 
 
 class AvgPool(Pool):

@@ -56,9 +56,12 @@ from typing import Any, Dict, Hashable, Iterator, List, NamedTuple, Sequence, Tu
 
 from .module import Module
 from ..errors import UsageError
-from ..tree import KeyPath, PyTreeMeta, mask_children, prepr, unmask_children
+from ..tree import KeyPath, PyTreeMeta, mask_children, prepr, tree_repr, unmask_children
 
 _REFERENCE_ATTRS = ("tag", "obj", "value")
+
+# The default of both names of a reference's object: None is an object to reference.
+_UNSET = object()
 
 
 def _is_boundary(x: Any) -> bool:
@@ -159,7 +162,8 @@ class Reference(metaclass=PyTreeMeta):
 
     Arguments:
         tag: An identification tag.
-        obj: The object to reference.
+        obj: The object to reference; inox 0.7's keyword :py:`value` is taken too
+            (:py:`Reference(tag, value=obj)`).
 
     Example:
         >>> dummy = ["zero", nn.Parameter(jax.numpy.ones((2, 3)))]
@@ -174,7 +178,13 @@ class Reference(metaclass=PyTreeMeta):
         (2, 3)
     """
 
-    def __init__(self, tag: Hashable, obj: Any):
+    def __init__(self, tag: Hashable, obj: Any = _UNSET, *, value: Any = _UNSET):
+        if value is not _UNSET:  # the name of the argument in inox 0.7
+            if obj is not _UNSET:
+                raise TypeError("Reference() got both 'obj' and 'value', two names of one argument")
+            obj = value
+        elif obj is _UNSET:
+            raise TypeError("Reference() missing 1 required positional argument: 'obj'")
         try:
             hash(tag)
         except TypeError:
@@ -244,6 +254,8 @@ class Reference(metaclass=PyTreeMeta):
 
     def __contains__(self, item: Any) -> bool:
         return item in self._target()
+
+    tree_repr = tree_repr  # the original inox's hook, for subclasses that call it
 
     def __repr__(self) -> str:
         return prepr(self)

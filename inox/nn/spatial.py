@@ -12,6 +12,7 @@ __all__ = [
     "per_axis",
     "pad_pairs",
     "check_spatial",
+    "ndim_of",
 ]
 
 import numbers
@@ -88,3 +89,21 @@ def check_spatial(x: Array, n: int) -> None:
 
     if x.ndim < n + 1:
         raise ValueError(f"{n} spatial axes and a channel axis expected, got shape {x.shape}")
+
+
+def ndim_of(attr: str) -> property:
+    r"""The property :py:`ndim` of a layer whose attribute :py:`attr` has one value per
+    spatial axis: the number of axes of an unbatched input, spatial axes and channels,
+    as the original inox's layers tell it.
+
+    Example:
+        >>> class Blur(nn.Module):
+        ...     ndim = ndim_of('kernel_size')
+        >>> Blur(kernel_size=(3, 3)).ndim
+        3
+    """
+
+    def ndim(self) -> int:
+        return len(getattr(self, attr)) + 1
+
+    return property(ndim, doc="The number of axes of an unbatched input: its spatial axes and channels.")

@@ -80,6 +80,19 @@ class StateEntry(metaclass=PyTreeMeta):
         return self
 
 
+def is_entry(x: Any) -> bool:
+    r"""Returns whether :py:`x` is a :class:`StateEntry` (a predicate for
+    :py:`is_leaf`); public, but not exported to :mod:`inox.nn`, as in the original.
+
+    Example:
+        >>> from inox.nn.state import is_entry
+        >>> is_entry(nn.StateEntry(jnp.zeros(1))), is_entry(jnp.zeros(1))
+        (True, False)
+    """
+
+    return isinstance(x, StateEntry)
+
+
 @functools.total_ordering
 class StateKey:
     r"""Immutable, hashable key of a state in the dictionary of :func:`export_state`.
@@ -124,6 +137,11 @@ class StateKey:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.key!r})"
+
+    def tree_repr(self, **kwargs: Any) -> str:
+        r"""Its representation, under the name of the original inox's hook."""
+
+        return repr(self)
 
 
 def export_state(tree: PyTree) -> Tuple[PyTree, Dict[StateKey, PyTree]]:

@@ -7,6 +7,7 @@ import numpy as np
 import pickle
 import pytest
 
+import inox
 import inox.nn as nn
 
 
@@ -138,7 +139,54 @@ def test_module_def():
 
     with pytest.raises(KeyError) as info:
         static({".linear.bias.value": 0, ".linear.wieght.value": 0})
-    assert info.value.args[0] == "missing key(s) .linear.weight.value; unexpected key(s) .linear.wieght.value"
+    assert info.value.args[0] == (
+        'Missing key(s) in leaves: ".linear.weight.value". Unexpected key(s) in leaves: ".linear.wieght.value".'
+    )
+
+
+def test_module_def_is_the_originals_named_tuple():
+    # The original's ModuleDef is a NamedTuple (treedef, leaves), leaves being the
+    # non-array leaves by path; code written for it unpacks and rebuilds with them.
+    model = Hyper(jax.random.key(0))
+    static, params, others = model.partition(nn.Parameter)
+    expected = {".activation": jax.nn.relu, ".name": "hyper", ".repeat": 2, ".sizes[0]": 3, ".sizes[1]": 3}
+    assert static.leaves == expected and list(static.leaves) == list(expected)  # flattening order
+    assert static._fields == ("treedef", "leaves") and len(static) == 2
+    treedef, leaves = static
+    assert treedef is static.treedef == static[0] and leaves == static[1] == static[-1] == expected
+    assert static._asdict() == {"treedef": treedef, "leaves": expected}
+    assert tuple(static) == static[:]
+
+    # Rebuilding as the original's __call__ does: combine(treedef, leaves, *arrays).
+    rebuilt = inox.tree.combine(treedef, leaves, params, others)
+    assert type(rebuilt) is Hyper and rebuilt.sizes == [3, 3] and rebuilt.linear.weight.value is params[".linear.weight.value"]
+    again = nn.ModuleDef(treedef, leaves)
+    assert again == static and hash(again) == hash(static)
+    assert again(params, others).name == "hyper"
+
+    # New values for the non-array leaves, as with the original's tuple.
+    renamed = nn.ModuleDef(treedef, {**leaves, ".name": "other", ".sizes[1]": 4})
+    assert renamed != static and renamed.leaves[".name"] == "other"
+    out = renamed(params, others)
+    assert out.name == "other" and out.sizes == [3, 4] and out.repeat == 2
+    assert static._replace(leaves={".repeat": 5})(params).repeat == 5
+    assert static._replace(treedef=treedef) == static
+    assert static(params, {".name": "at call"}).name == "at call"
+    with pytest.raises(ValueError):
+        static._replace(tree=treedef)
+    with pytest.raises(KeyError) as info:
+        nn.ModuleDef(treedef, {".nmae": "typo"})
+    assert info.value.args[0] == 'Unexpected key(s) in leaves: ".nmae".'
+
+
+def test_module_def_leaves_of_scopes_and_nested_modules():
+    p = nn.Parameter(jnp.ones(2))
+    scope = nn.Scope(a=nn.Reference("t", nn.Module(p=p, label="first")), b=None, c=[nn.ReLU(), "x"])
+    scope.b = scope.a  # pruned: its leaves are listed once, under the kept occurrence
+    static, arrays = scope.partition()
+    assert static.leaves == {".a.value.label": "first", ".c[1]": "x"}
+    out = nn.ModuleDef(static.treedef, {".a.value.label": "second"})(arrays)
+    assert out.a is out.b and out.b.label == "second"
 
 
 def test_partition_filters_on_modules():

@@ -512,3 +512,22 @@ def test_training_keeps_the_tie(optimizer):
     assert not np.allclose(model.l4.weight.value.value, initial[".l3.weight.value.value"])
     assert model.l4.weight.value.value is params[".l3.weight.value.value"]
     assert model.l2.value.bias.value is params[".l1.value.bias.value"]
+
+
+def test_reference_takes_the_07_keyword_value():
+    # inox 0.7 named the second argument `value`; 0.8 and the specification, `obj`.
+    p = nn.Parameter(jnp.ones(2))
+    for ref in (nn.Reference("w", value=p), nn.Reference("w", obj=p), nn.Reference("w", p), nn.Reference(tag="w", value=p)):
+        assert ref.obj is ref.value is p and ref.tag == "w"
+        assert repr(ref) == "*Parameter(float32[2])"  # the specification's repr, not 0.7's &
+    assert nn.Reference("none", value=None).obj is None
+    with pytest.raises(TypeError, match="both 'obj' and 'value'"):
+        nn.Reference("w", p, value=p)
+    with pytest.raises(TypeError, match="missing"):
+        nn.Reference("w")
+    # Tied through a scope, as with the positional form.
+    scope = nn.Scope(a=nn.Reference("t", value=p))
+    scope.b = nn.Reference("t", value=p)
+    assert len(jax.tree.leaves(scope)) == 1
+    out = jax.tree.map(lambda x: x + 1, scope)
+    assert out.a is out.b

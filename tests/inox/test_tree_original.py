@@ -1,7 +1,9 @@
 r"""The original inox's tests of inox.tree (0.7.1's tests/test_tree.py), for ours, and
 the original's representation hook, tree_repr, as subclasses written for it use it."""
 
+import copy
 import pickle
+import warnings
 
 from typing import Hashable
 
@@ -13,7 +15,8 @@ import pytest
 import inox.nn as nn
 
 from jax import Array
-from inox.tree import Mask, Namespace, Static, combine, mask_static, partition, prepr, unmask_static
+from inox.errors import RecompilationWarning
+from inox.tree import Mask, Namespace, Static, combine, mask, mask_static, partition, prepr, unmask_static
 
 
 def tree_eq(x, y):
@@ -107,3 +110,66 @@ def test_tree_repr_hook():
 def test_treedefs_of_masks_tell_types_apart():
     assert jax.tree.structure(mask_static(1)) != jax.tree.structure(mask_static(1.0))
     assert jax.tree.structure(mask_static(1)) == jax.tree.structure(mask_static(1))
+
+
+# Static's warnings: where the original warns (a value that cannot be hashed, a local
+# function), ours does, with a UserWarning.
+
+
+def _caught(make):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return caught
+
+
+def nested_function():
+    def inner(x):
+        return x
+
+    return inner
+
+
+class CallableObject:  # an instance has no __qualname__; the original fails on it
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([1, 2], "static value of unhashable type 'list'"),
+        ({"a": 1}, "static value of unhashable type 'dict'"),
+        (jnp.ones(2), "static value of unhashable type"),
+        (([1],), "static value of unhashable type 'tuple'"),  # hash() fails inside
+        (lambda x: x, "static local function '<lambda>'"),
+        (nested_function(), "static local function 'nested_function.<locals>.inner'"),
+    ],
+)
+def test_static_warns_as_the_original(value, message):
+    with pytest.warns(UserWarning, match=message) as record:
+        static = Static(value)
+    assert static.value is value
+    assert record[0].category is RecompilationWarning and "frequent JIT recompilations" in str(record[0].message)
+    assert record[0].filename == __file__  # the line that made the Static is blamed
+    # A Mask is a Static: mask() warns too, as the original's, for a leaf (not a list).
+    if jax.tree.leaves(value)[0] is value:
+        with pytest.warns(RecompilationWarning, match=message):
+            mask([value], is_static=lambda x: True)
+    # Not where the value is only carried: unflattening, copying, or asked not to.
+    assert not _caught(lambda: jax.tree.map(lambda x: x, [static, jnp.ones(1)]))
+    assert not _caught(lambda: (copy.deepcopy(static), pickle.loads(pickle.dumps(Static.wrap([1])))))
+    assert not _caught(lambda: (Static(value, warn=False), Static.wrap(value), mask([value], lambda x: True, warn=False)))
+
+
+@pytest.mark.parametrize("value", ["relu", 3, (0, "one", None), len, jax.nn.relu, nested_function, CallableObject(), None])
+def test_static_is_quiet_for_stable_values(value):
+    assert not _caught(lambda: Static(value))
+
+
+def test_modules_hide_local_functions_quietly():
+    # The original's modules do not hide their leaves, so it has nothing to warn about;
+    # ours hide them when flattened, without a warning on each flattening.
+    model = nn.Module(act=lambda x: 2 * x, sizes=[3, 4], w=jnp.ones(2))
+    assert not _caught(lambda: jax.jit(lambda m: m.act(m.w))(model))
+    assert not _caught(lambda: model.partition(nn.Parameter))
