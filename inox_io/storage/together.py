@@ -79,7 +79,10 @@ def publish_together(url: ObjectURL, folder: Path, *, overwrite: bool, error: Ba
             everyone = distributed.agree(url, error, files)  # every upload is done, or none commits
         except BaseException:
             if primary:
-                commit.discard(url, generation)
+                try:
+                    commit.discard(url, generation)
+                except OSError:
+                    pass  # the save's own error says more; the next save removes what is left
             raise
         outcome = None
         if primary:
