@@ -116,7 +116,7 @@ def save(
         (["['w']"], {'step': 10})
     """
 
-    with writing(path, overwrite=overwrite) as path:
+    with writing(path, overwrite=overwrite, collective=lambda local: format_of(local, format).collective) as path:
         fmt = format_of(path, format)
         options = write_options(fmt, path, max_shard_size=max_shard_size)
         _writable_parent(path)
@@ -318,7 +318,7 @@ def convert(
         ["['w']"]
     """
 
-    with writing(dst, overwrite=overwrite) as dst:
+    with writing(dst, overwrite=overwrite, collective=lambda local: format_of(local, format).collective) as dst:
         fmt = format_of(dst, format)
         _writable_parent(dst)
         with reading(src) as local, open_checkpoint(local) as reader:

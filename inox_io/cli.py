@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, TextIO, T
 
 from . import keypath
 from .errors import CheckpointError
-from .storage.location import ObjectURL, locate
+from .storage.location import ObjectURL, locate, parent_of
 from .version import __version__
 
 if TYPE_CHECKING:  # the commands import these, and with them JAX
@@ -358,67 +358,41 @@ def render(path: Path, manifest: Manifest) -> List[str]:
 # CheckpointManager directories
 
 
-def step_of(path: Path) -> int | None:
+def step_of(path: Path | ObjectURL) -> int | None:
     r"""The step, if :py:`path` is a complete step of a CheckpointManager directory."""
 
-    from .manager.metadata import METADATA_FILE, STEP_NAME
+    from .manager.stores import steps_at
 
-    if isinstance(path, ObjectURL):  # a step's record in a bucket
-        name = path.name
-        if STEP_NAME.match(name) and int(name) in step_manager(path).all_steps():
-            return int(name)
-        return None
-    name = Path(os.path.abspath(path)).name
-    if STEP_NAME.match(name) and (path / METADATA_FILE).is_file():
-        return int(name)
-    return None
+    return steps_at(parent_of(path)).step_at(path)
 
 
-def is_manager_directory(path: Path) -> bool:
-    r"""Whether :py:`path` is a CheckpointManager directory: its writer's lock file, or
-    complete steps, in it."""
+def is_manager_directory(path: Path | ObjectURL) -> bool:
+    r"""Whether :py:`path` is a CheckpointManager directory."""
 
-    from .manager import LOCK_FILE, CheckpointManager
+    from .manager.stores import steps_at
 
-    if isinstance(path, ObjectURL):  # no lock file in a bucket: its steps' records
-        return bool(CheckpointManager(path, read_only=True).all_steps())
-    if not path.is_dir():
-        return False
-    return (path / LOCK_FILE).exists() or bool(CheckpointManager(path, read_only=True).all_steps())
+    return steps_at(path).is_manager_directory()
 
 
-def step_manager(path: Path) -> CheckpointManager:
+def step_manager(path: Path | ObjectURL) -> CheckpointManager:
     r"""A read-only manager of the directory holding the step :py:`path`."""
 
     from .manager import CheckpointManager
 
-    return CheckpointManager(path.parent if isinstance(path, ObjectURL) else Path(os.path.abspath(path)).parent, read_only=True)
+    return CheckpointManager(parent_of(path), read_only=True)
 
 
 def step_record(manager: CheckpointManager, step: int) -> Dict[str, Any]:
-    r"""A step's metadata, with the bytes on disk of the step and of each file item.
+    r"""A step's metadata, with the bytes stored of the step and of each file item.
 
     Raises:
         FileNotFoundError: if the step is no longer complete (deleted meanwhile).
     """
 
-    from .formats.directory_commit import disk_bytes
-    from .storage.commit import committed
+    from .manager.stores import steps_at
 
     metadata = manager.metadata(step)
-    folder = manager.step_directory(step)
-    if isinstance(folder, ObjectURL):  # the sizes its commit record lists
-        record = committed(folder)
-        if record is None:
-            raise FileNotFoundError(f"{folder}: no complete step {step}")
-
-        def size(item: str) -> int:
-            return sum(n for name, n in record[1].items() if name == item or name.startswith(item + "/"))
-    else:
-
-        def size(item: str) -> int:
-            return disk_bytes(folder.parent / item)
-
+    size = steps_at(manager.directory).sizes(step)
     for entry in metadata["items"].values():
         if "file" in entry:
             entry["bytes"] = size(f"{step}/{entry['file']}")
@@ -502,7 +476,7 @@ def render_step(path: Path, record: Dict[str, Any]) -> List[str]:
     r"""The report of :command:`inox-io inspect` on a step: its items, then each file
     item's report."""
 
-    parent = path.parent if isinstance(path, ObjectURL) else Path(os.path.abspath(path)).parent
+    parent = parent_of(path)
     lines = [
         f"{path}: step {record['step']} of the CheckpointManager directory {parent}, "
         f"saved {saved_at(record.get('time'))}",
@@ -575,16 +549,17 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_steps(args: argparse.Namespace) -> int:
-    from .formats.directory_commit import MANIFEST
     from .manager import CheckpointManager
+    from .manager.stores import steps_at
 
     path = args.path
-    if isinstance(path, Path) and not path.is_dir():
+    store = steps_at(path)
+    if not store.exists():
         raise FileNotFoundError(f"{path}: no such directory")
     if step_of(path) is not None:
         raise UsageError(f"{path} is a step, not a CheckpointManager directory; inox-io steps {path.parent} lists its steps")
-    if not is_manager_directory(path):
-        if isinstance(path, Path) and (path / MANIFEST).is_file():
+    if not store.is_manager_directory():
+        if store.holds_checkpoint():
             raise UsageError(f"{path} is a checkpoint, not a CheckpointManager directory; inox-io inspect {path} describes it")
         raise CheckpointError(path, "not a CheckpointManager directory (no complete step, no writer's lock file)")
     records = step_records(CheckpointManager(path, read_only=True))

@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["agree", "barrier", "broadcast", "gather", "is_primary", "name", "scope", "timeout_seconds"]
+__all__ = [
+    "agree", "barrier", "broadcast", "gather", "is_primary", "name", "own_folders", "in_own_folders", "scope", "timeout_seconds",
+]  # fmt: skip
 
 import contextlib
 import itertools
@@ -37,7 +39,7 @@ from .errors import CheckpointError
 
 DEFAULT_TIMEOUT_S = 600
 
-_names = threading.local()  # each thread's stack of scopes
+_names = threading.local()  # each thread's stack of scopes, and its own_folders depth
 _counters: Dict[str, Iterator[int]] = {}
 _counters_lock = threading.Lock()
 
@@ -66,6 +68,35 @@ def scope(name: str) -> Iterator[None]:
         yield
     finally:
         stack.pop()
+
+
+@contextlib.contextmanager
+def own_folders() -> Iterator[None]:
+    r"""Inside, in this thread, each process writes a checkpoint directory into a
+    folder of its own (its staging folder for an object store, on its own disk), not
+    into one folder that every process sees: a layout then makes its temporary
+    directory and puts it in place on every process, and process 0 adds what it writes
+    alone (the manifest). What gathers the folders (an upload) comes after.
+
+    Example:
+        >>> with own_folders():
+        ...     in_own_folders()
+        True
+        >>> in_own_folders()
+        False
+    """
+
+    _names.own = getattr(_names, "own", 0) + 1
+    try:
+        yield
+    finally:
+        _names.own -= 1
+
+
+def in_own_folders() -> bool:
+    r"""Whether this thread is inside :func:`own_folders`."""
+
+    return getattr(_names, "own", 0) > 0
 
 
 def name(what: str) -> str:
@@ -136,5 +167,6 @@ def agree(path: str | os.PathLike, error: BaseException | None, value: Any = Non
         raise error
     if failures:
         process, message = failures[0]
-        raise CheckpointError(Path(path), f"failed on process {process}: {message}; nothing was committed")
+        where = path if isinstance(path, os.PathLike) else Path(path)  # a URL stays one
+        raise CheckpointError(where, f"failed on process {process}: {message}; nothing was committed")
     return [v for _, v in everyone]

@@ -295,6 +295,11 @@ def save_directory(
     3. process 0 writes :py:`manifest` (the text, given every process's part) as
        :data:`MANIFEST`, last, and commits the directory.
 
+    Inside :func:`inox_io.distributed.own_folders` (each process saving into a staging
+    folder of its own), every process makes its own temporary in step 1 and commits
+    it in step 3, process 0's alone with the manifest: each folder then holds that
+    process's files, which the caller gathers (uploads) afterwards.
+
     :py:`failure` turns an error into the one reported (a storage error naming the
     user's path rather than a temporary).
 
@@ -313,6 +318,9 @@ def save_directory(
 
     check_target(path, overwrite)  # on every process, before any collective: all fail alike
     primary = distributed.is_primary()
+    # In folders of their own (staging for an object store), every process makes its
+    # temporary and puts it in place; process 0's alone gets the manifest.
+    mine = primary or distributed.in_own_folders()
     temp = shared_temporary_path(path)
     error: BaseException | None = None
     prepared: Any = None
@@ -321,7 +329,7 @@ def save_directory(
     with contextlib.ExitStack() as held:
         try:
             try:
-                if primary:
+                if mine:
                     held.enter_context(guarded(path))  # from before the temporary exists
                     temp.mkdir()
                 prepared = prepare()
@@ -336,12 +344,14 @@ def save_directory(
             if primary:
                 with DurableFile(temp / MANIFEST) as f:
                     write_all(f.fd, manifest(parts).encode())
+            if mine:
                 fsync_directory(temp)
                 commit(temp, path, overwrite)
+            if primary:
                 outcome = result()
         except BaseException as e:
             error = e
         finally:
-            if primary and temp.exists():
+            if mine and temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
     return agree(error, outcome if primary and error is None else None)[0]

@@ -183,6 +183,13 @@ class OrbaxDirectoryFormat(Format):
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
+        if jax.process_count() > 1 and distributed.in_own_folders():  # on every process alike
+            # Orbax's finalization on process 0 merges files that every process wrote
+            # into one folder: it needs a folder they all see.
+            raise NotImplementedError(
+                f"{path}: the orbax layout needs a folder every process sees, not one per process; from several "
+                "processes, save to object storage in the sharded layout (the default for a directory), or to a shared file system"
+            )
         # A checksum needs the whole array: only a save in one process holds them all.
         # Across processes, each holds some shards only, and gathering them would defeat
         # this format's purpose: no checksums (null) there.

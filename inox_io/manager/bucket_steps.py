@@ -7,6 +7,10 @@ step is listed once complete, and is deleted record first.
 A bucket has no lock: one writing manager per prefix, which the caller ensures. The
 writer's start removes the leftovers of killed saves (generations no record names).
 
+In a job of several processes, each writes its part of a step into a local folder of
+its own (:meth:`BucketSteps.staging`), uploads it, and process 0 commits the step once
+every process has (:func:`inox_io.storage.together.publish_together`).
+
 Example:
     >>> from inox_io.storage import locate
     >>> BucketSteps(locate('s3://bucket/run')).url(7)
@@ -21,9 +25,12 @@ import shutil
 import tempfile
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List
 
-from ..storage import ObjectURL, commit, one_process, reading
+from .. import distributed
+from ..errors import CheckpointError
+from ..storage import ObjectURL, commit, reading
+from ..storage.together import publish_together
 from . import metadata as step_file
 from .metadata import METADATA_FILE, STEP_NAME
 
@@ -42,12 +49,43 @@ class BucketSteps:
         return True  # a prefix: there is no folder to create
 
     def start_writer(self) -> None:
-        r"""Refuses jobs of several processes; removes leftovers of killed saves.
-        There is no lock on a bucket: one writing manager per prefix."""
+        r"""Removes leftovers of killed saves (process 0 only). There is no lock on a
+        bucket: one writing manager per prefix."""
 
-        one_process(self.root)
         for name in commit.leftovers(self.root):
             commit.clean(self.root / name)
+
+    def is_manager_directory(self) -> bool:
+        r"""Whether the prefix holds a CheckpointManager's steps (no lock file in a
+        bucket: its steps' records)."""
+
+        return bool(self.steps())
+
+    def holds_checkpoint(self) -> bool:
+        r"""Whether a checkpoint is committed at the prefix itself, not steps."""
+
+        try:
+            return bool(self.root.key) and commit.committed(self.root) is not None
+        except CheckpointError:
+            return False  # an object that is not a record: not a checkpoint either
+
+    def step_at(self, url: ObjectURL) -> int | None:
+        r"""The step, if :py:`url` (under the prefix) is a complete step."""
+
+        return int(url.name) if STEP_NAME.match(url.name) and int(url.name) in self.steps() else None
+
+    def sizes(self, step: int) -> Callable[[str], int]:
+        r"""The bytes of a file or folder of the step, by its path under the prefix
+        (``'5'``, ``'5/model.safetensors'``): the sizes its commit record lists.
+
+        Raises:
+            FileNotFoundError: if the step is not committed.
+        """
+
+        record = commit.committed(self.url(step))
+        if record is None:
+            raise FileNotFoundError(f"{self.url(step)}: no complete step {step}")
+        return lambda item: sum(n for name, n in record.files.items() if name == item or name.startswith(item + "/"))
 
     def steps(self) -> List[int]:
         r"""The committed steps, in increasing order."""
@@ -68,21 +106,33 @@ class BucketSteps:
             return None
 
     def temporary(self, step: int) -> Path:
-        r"""A new local folder to write the step in, named as the step."""
+        r"""A new local folder to write this process's part of the step in, named as
+        the step (each process has its own)."""
 
         temp = Path(tempfile.mkdtemp(prefix=f"inox_io-step-{step}-")) / str(step)
         temp.mkdir()
         return temp
 
+    def staging(self) -> ContextManager[None]:
+        r"""Where every process writes its part of a step: its own :meth:`temporary`."""
+
+        return distributed.own_folders()
+
     def discard(self, temp: Path) -> None:
+        r"""Removes this process's :py:`temp`."""
+
         shutil.rmtree(temp.parent, ignore_errors=True)
 
     def commit(self, temp: Path, step: int) -> None:
-        r"""Commits the step written in :py:`temp` (by :meth:`temporary`), then
-        removes :py:`temp`."""
+        r"""Commits the step, every process calling with the :py:`temp` (by
+        :meth:`temporary`) it wrote its part in, then removes :py:`temp`.
+
+        Raises:
+            CheckpointError: if another process failed to upload its part.
+        """
 
         try:
-            commit.publish(self.url(step), temp.parent, overwrite=False)
+            publish_together(self.url(step), temp.parent, overwrite=False)
         finally:
             self.discard(temp)
 

@@ -21,18 +21,20 @@ from __future__ import annotations
 
 __all__ = ["DiskSteps"]
 
+import contextlib
 import os
 import shutil
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List
 
 from .. import distributed
 from ..atomic import fsync_directory, remove_temporaries, temporary_path
 from ..errors import CheckpointError
+from ..formats.directory_commit import MANIFEST, disk_bytes
 from . import metadata as step_file
 from . import orbax_steps
-from .lock import DirectoryLock
+from .lock import LOCK_FILE, DirectoryLock
 from .metadata import METADATA_FILE, STEP_NAME
 
 
@@ -72,6 +74,29 @@ class DiskSteps:
         remove_temporaries(self.root)
         return lock
 
+    def is_manager_directory(self) -> bool:
+        r"""Whether the directory is a CheckpointManager's: its writer's lock file, or
+        complete steps, in it."""
+
+        return self.root.is_dir() and ((self.root / LOCK_FILE).exists() or bool(self.steps()))
+
+    def holds_checkpoint(self) -> bool:
+        r"""Whether the directory is a checkpoint (its manifest), not steps."""
+
+        return (self.root / MANIFEST).is_file()
+
+    def step_at(self, path: Path) -> int | None:
+        r"""The step, if :py:`path` (in the directory) is a complete step's folder."""
+
+        name = Path(os.path.abspath(path)).name
+        return int(name) if STEP_NAME.match(name) and (path / METADATA_FILE).is_file() else None
+
+    def sizes(self, step: int) -> Callable[[str], int]:
+        r"""The bytes of a file or folder of the step, by its path in the directory
+        (``'5'``, ``'5/model.safetensors'``)."""
+
+        return lambda name: disk_bytes(self.root / name)
+
     def steps(self) -> List[int]:
         r"""The complete steps, in increasing order, orbax's included."""
 
@@ -108,16 +133,27 @@ class DiskSteps:
             temp.mkdir()
         return temp
 
+    def staging(self) -> ContextManager[None]:
+        r"""Where every process writes its part of a step: the one :meth:`temporary`."""
+
+        return contextlib.nullcontext()
+
     def discard(self, temp: Path) -> None:
-        shutil.rmtree(temp, ignore_errors=True)
+        r"""Removes the step's temporary (process 0, which made it)."""
+
+        if distributed.is_primary():
+            shutil.rmtree(temp, ignore_errors=True)
 
     def commit(self, temp: Path, step: int) -> None:
-        r"""Renames the finished step into place, durably.
+        r"""Renames the finished step into place, durably (process 0; every process
+        calls, after every process wrote its part).
 
         Raises:
             FileExistsError: if the step appeared meanwhile.
         """
 
+        if not distributed.is_primary():
+            return
         final = self.url(step)
         fsync_directory(temp)
         if final.exists():  # os.rename would replace an empty directory

@@ -22,12 +22,11 @@ from ..errors import CheckpointError
 from ..formats import format_for, format_named
 from ..storage import ObjectURL, locate, reading
 from . import metadata as step_file
-from .bucket_steps import BucketSteps
-from .disk_steps import DiskSteps
 from .lock import DirectoryLock, DirectoryLockedError
 from .preemption import PreemptionWatcher
 from .retention import Retention
 from .snapshot import Item, snapshot
+from .stores import steps_at
 
 PyTree = Any
 
@@ -56,8 +55,8 @@ class CheckpointManager:
 
     The directory may be a bucket prefix, ``gs://bucket/run`` or ``s3://bucket/run``:
     each step is then committed by an object written last (see
-    :mod:`inox_io.manager.bucket_steps`); there is no lock, and saving is done from one
-    process.
+    :mod:`inox_io.manager.bucket_steps`); there is no lock: one writing manager (one
+    job) per prefix. Across processes, each stages and uploads its own part of a step.
 
     Retention runs after each save: with :py:`max_to_keep`, only the newest
     :py:`max_to_keep` steps are kept, or, with :py:`best_fn`, the :py:`max_to_keep`
@@ -135,7 +134,7 @@ class CheckpointManager:
 
         self.directory = locate(directory)
         # Where the steps live, chosen here once; every other method calls the store.
-        self._store = BucketSteps(self.directory) if isinstance(self.directory, ObjectURL) else DiskSteps(self.directory)
+        self._store = steps_at(self.directory)
         self.save_interval_steps = save_interval_steps
         self.async_save = async_save
         self.item_format = item_format
@@ -312,7 +311,7 @@ class CheckpointManager:
             try:
                 distributed.agree(final, error)
             except BaseException:
-                if temp is not None and distributed.is_primary():
+                if temp is not None:
                     self._store.discard(temp)
                 raise
 
@@ -338,16 +337,25 @@ class CheckpointManager:
         final = self.step_directory(step)
         primary = distributed.is_primary()
         with distributed.scope(f"{self._scope}/step-{step}"):
-            error, items = None, {}
+            error = None
             try:
-                items = self._write_items(temp, held)
+                with self._store.staging():
+                    items = self._write_items(temp, held)
+                if primary:
+                    self._write_metadata(step, temp, items, metrics)
             except BaseException as e:
                 error = e
             try:
                 distributed.agree(final, error)
             except BaseException:
-                if primary:
-                    self._store.discard(temp)
+                self._store.discard(temp)
+                raise
+            try:
+                self._store.commit(temp, step)  # on every process: a bucket's gathers their uploads
+            except BaseException as e:
+                self._store.discard(temp)
+                if primary:  # the others wait to hear (those that failed with it do not listen)
+                    distributed.broadcast("committed", {"error": f"{type(e).__name__}: {e}"})
                 raise
             if not primary:
                 outcome = distributed.broadcast("committed", None)
@@ -355,12 +363,6 @@ class CheckpointManager:
                     raise CheckpointError(final, f"failed on process 0: {outcome['error']}; nothing was committed")
                 self._announce(outcome["steps"])
                 return
-            try:
-                self._rename(step, temp, items, metrics)
-            except BaseException as e:
-                self._store.discard(temp)
-                distributed.broadcast("committed", {"error": f"{type(e).__name__}: {e}"})
-                raise
             retention = None
             try:
                 self._retain(step)
@@ -395,11 +397,11 @@ class CheckpointManager:
             items[item.name] = {"file": path.name, "format": item.fmt.name}
         return items
 
-    def _rename(self, step: int, temp: Path, items: Dict[str, Any], metrics: Dict[str, Any] | None) -> None:
-        # Written last, and required when listing: a step without it is not complete.
+    def _write_metadata(self, step: int, temp: Path, items: Dict[str, Any], metrics: Dict[str, Any] | None) -> None:
+        # Required when listing a folder: without it, a step is not complete. Written
+        # by process 0 once its items are; the commit comes after every process's.
         with AtomicFile(temp / step_file.METADATA_FILE) as f:
             write_all(f.fd, json.dumps(step_file.step_metadata(step, items, metrics), indent=1).encode())
-        self._store.commit(temp, step)
 
     def _retain(self, saved: int) -> None:
         if self.retention.max_to_keep is None:

@@ -30,8 +30,8 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "DATA_SUFFIX", "OBJECT_BYTES", "Record", "commit_record", "parse_record", "object_key", "committed", "publish", "fetch",
-    "remove", "children", "clean", "leftovers",
+    "DATA_SUFFIX", "OBJECT_BYTES", "Record", "commit_record", "parse_record", "object_key", "committed", "new_generation",
+    "upload", "commit_generation", "discard", "publish", "fetch", "remove", "children", "clean", "leftovers",
 ]  # fmt: skip
 
 import json
@@ -162,22 +162,22 @@ def _batches(sizes: List[Tuple[str, int]], object_bytes: int) -> List[List[Tuple
     return [g for g in groups if g]
 
 
-def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
-    r"""Stores the files of :py:`folder` under a fresh generation of :py:`url`, then
-    commits them (writes the record), then deletes the other generations.
+def new_generation() -> str:
+    r"""A fresh generation name: time-ordered, with random bits against collisions."""
+
+    return f"{time.time_ns():x}-{secrets.token_hex(4)}"
+
+
+def upload(url: ObjectURL, folder: Path, generation: str) -> Dict[str, int]:
+    r"""Stores the files of :py:`folder` under the generation :py:`generation` of
+    :py:`url`, uncommitted; returns them (relative paths, sizes) for the record.
 
     tensorstore's kvstore writes take whole values from memory: each file goes up in
     objects of at most :data:`OBJECT_BYTES`, read from its staged copy as they are
     sent, several at a time, at most :data:`WINDOW_BYTES` (or one object) held.
-
-    Raises:
-        FileExistsError: if a checkpoint is committed at :py:`url` when the files are
-            up, and not :py:`overwrite` (:func:`~inox_io.storage.writing` refuses one
-            that is there before anything is staged); its files are removed.
     """
 
     store = bucket(url)
-    generation = f"{time.time_ns():x}-{secrets.token_hex(4)}"
     files = _files(folder)
     prefix = _data(url, generation)
     batch: List[Tuple[str, bytes]] = []
@@ -192,11 +192,45 @@ def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
                 batch.append((object_key(prefix, name, index), value))
                 held += len(value)
     store.put_many(batch)
+    return files
+
+
+def commit_generation(url: ObjectURL, generation: str, files: Dict[str, int], *, overwrite: bool) -> None:
+    r"""Commits the uploaded generation :py:`generation` holding :py:`files` (writes
+    the record), then deletes the other generations.
+
+    Raises:
+        FileExistsError: if a checkpoint is committed at :py:`url`, and not
+            :py:`overwrite`; the generation's files are removed.
+    """
+
+    store = bucket(url)
     if not overwrite and committed(url) is not None:  # another writer came first: its checkpoint stays
-        store.delete(store.keys(prefix))
+        discard(url, generation)
         raise FileExistsError(f"{url} appeared during the save; pass overwrite=True to replace it")
     store.put_many([(url.key, commit_record(generation, files))])
     clean(url, keep=(generation,))
+
+
+def discard(url: ObjectURL, generation: str) -> None:
+    r"""Deletes the files of an uncommitted generation (a failed save's)."""
+
+    store = bucket(url)
+    store.delete(store.keys(_data(url, generation)))
+
+
+def publish(url: ObjectURL, folder: Path, *, overwrite: bool) -> None:
+    r"""Stores the files of :py:`folder` under a fresh generation of :py:`url`, then
+    commits them (:func:`upload`, then :func:`commit_generation`): the save of one writer.
+
+    Raises:
+        FileExistsError: if a checkpoint is committed at :py:`url` when the files are
+            up, and not :py:`overwrite` (:func:`~inox_io.storage.writing` refuses one
+            that is there before anything is staged); its files are removed.
+    """
+
+    generation = new_generation()
+    commit_generation(url, generation, upload(url, folder, generation), overwrite=overwrite)
 
 
 def clean(url: ObjectURL, keep: Tuple[str, ...] | None = None) -> None:

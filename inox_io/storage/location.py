@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ObjectURL", "SCHEMES", "locate"]
+__all__ = ["ObjectURL", "SCHEMES", "locate", "parent_of"]
 
 import dataclasses
 import os
@@ -92,3 +92,17 @@ def locate(path: str | os.PathLike) -> Path | ObjectURL:
     if not bucket:
         raise ValueError(f"{text}: no bucket; expected {scheme}://bucket/path")
     return ObjectURL(scheme, bucket, key.strip("/"))
+
+
+def parent_of(where: Path | ObjectURL) -> Path | ObjectURL:
+    r"""The folder (or bucket prefix) holding a location; a local path is made absolute
+    first, so that the parent of ``ckpt`` is the working directory.
+
+    Example:
+        >>> parent_of(locate('s3://bucket/run/5')), parent_of(Path('/runs/5/'))
+        (ObjectURL(scheme='s3', bucket='bucket', key='run'), PosixPath('/runs'))
+    """
+
+    if isinstance(where, ObjectURL):
+        return where.parent
+    return Path(os.path.abspath(where)).parent

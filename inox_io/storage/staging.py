@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["writing", "reading", "staging_folder", "one_process"]
+__all__ = ["writing", "reading", "staging_folder"]
 
 import contextlib
 import os
@@ -19,7 +19,7 @@ import shutil
 import tempfile
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import commit
 from .location import ObjectURL, locate
@@ -52,30 +52,54 @@ def _named(local: Path, url: ObjectURL) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+def writing(
+    path: str | os.PathLike, *, overwrite: bool, collective: Callable[[Path], bool] = lambda local: False
+) -> Iterator[Path]:
     r"""The local path to write the checkpoint of :py:`path` at: :py:`path` itself, or
     for a URL, a path in a staging folder, committed to the bucket when the block
     ends without error (see :mod:`.commit`).
 
+    In a job of several processes, :py:`collective(local)` says whether every process
+    writes a part of the checkpoint at :py:`local` (a layout whose arrays may span
+    processes): then each process writes into a staging folder of its own
+    (:func:`inox_io.distributed.own_folders`), uploads it, and the checkpoint is
+    committed once all have (:func:`.together.publish_together`); a failure on any
+    process fails the save on every process. Otherwise the process calling alone writes
+    the checkpoint, as on a disk.
+
     Raises:
         FileExistsError: for a URL holding a checkpoint, unless :py:`overwrite`.
-        NotImplementedError: for a URL, in a job of several processes.
     """
 
     where = locate(path)
     if not isinstance(where, ObjectURL):
         yield where
         return
-    one_process(where)
     if not where.key:
         raise ValueError(f"{where}: no object name; expected {where.scheme}://bucket/path")
-    if not overwrite and commit.committed(where) is not None:
+    if not overwrite and commit.committed(where) is not None:  # on every process alike
         raise FileExistsError(f"{where} exists; pass overwrite=True to replace it")
+    # Here, not at the top: the command line imports this package to parse paths, and
+    # its --help must not import JAX.
+    import jax
+
+    from .. import distributed
+    from .together import publish_together
+
     with staging_folder() as folder:
         local = folder / where.name
-        with _named(local, where):
-            yield local
-        commit.publish(where, folder, overwrite=overwrite)
+        if jax.process_count() == 1 or not collective(local):
+            with _named(local, where):
+                yield local
+            commit.publish(where, folder, overwrite=overwrite)
+            return
+        error = None
+        try:
+            with _named(local, where), distributed.own_folders():
+                yield local
+        except BaseException as e:  # taken to the agreement: the others must not wait for this one
+            error = e
+        publish_together(where, folder, overwrite=overwrite, error=error)
 
 
 @contextlib.contextmanager
@@ -98,16 +122,3 @@ def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
         local = folder / where.name
         with _named(local, where):
             yield local
-
-
-def one_process(url: ObjectURL) -> None:
-    r"""Refuses to write :py:`url` from a job of several processes: each would stage
-    its own files on its own disk, and nothing gathers them before the commit."""
-
-    import jax
-
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            f"{url}: saving to object storage from a job of several processes is not supported yet; "
-            "save to a shared file system, or from one process"
-        )

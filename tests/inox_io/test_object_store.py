@@ -230,6 +230,11 @@ def test_command_line(root, capsys):
     assert main(["convert", url, f"{root}/ckpt", "--format", "orbax"]) == 0
     assert main(["convert", url, f"{root}/ckpt"]) == 1 and f"{root}/ckpt already exists" in capsys.readouterr().err
     assert_same(inox_io.load(f"{root}/ckpt", model(1)), model())
+    capsys.readouterr()
+    assert main(["steps", f"{root}/ckpt"]) == 2  # its commit record says so, as a local manifest does
+    assert "is a checkpoint, not a CheckpointManager directory" in capsys.readouterr().err
+    assert main(["steps", f"{root}/nothing"]) == 1
+    assert "not a CheckpointManager directory" in capsys.readouterr().err
     with CheckpointManager(f"{root}/run", async_save=False) as manager:
         manager.save(5, {"model": model(), "data": {"offset": 3}})
     capsys.readouterr()
