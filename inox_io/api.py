@@ -17,7 +17,7 @@ from inox.tree import mask, unmask
 
 from .errors import CheckpointError, damage_error
 from .fit import Shardings, fit
-from .formats import Format, Reader, format_of, open_checkpoint, write_options
+from .formats import Format, Reader, format_of, open_checkpoint, read_in_ranges, write_options
 from .manifest import Manifest, build
 from .names import Keep, Names, Transforms, name_arrays
 from .storage import reading, writing
@@ -204,7 +204,7 @@ def load(
         {"['a']": Array([0., 1., 2.], dtype=float32), "['act']": 'relu'}
     """
 
-    with _paused_gc(), reading(path) as local, open_checkpoint(local) as reader:
+    with _paused_gc(), reading(path, in_ranges=read_in_ranges) as local, open_checkpoint(local) as reader:
         found = fit(reader, like, names=names, transforms=transforms)
         found.report(strict=strict, stacklevel=2, statics=statics)
         targets = found.targets(shardings)
@@ -241,7 +241,7 @@ def inspect(path: str | os.PathLike) -> Manifest:
         {"['w']": ArrayInfo(dtype='bfloat16', shape=(2, 3), nbytes=12, crc32='...', key_impl=None)}
     """
 
-    with reading(path) as local, open_checkpoint(local) as reader:
+    with reading(path, in_ranges=read_in_ranges) as local, open_checkpoint(local) as reader:
         return reader.manifest
 
 
@@ -283,7 +283,7 @@ def verify(path: str | os.PathLike, *, progress: Progress | None = None) -> Mani
         verify 20 20
     """
 
-    with reading(path) as local, open_checkpoint(local) as reader:
+    with reading(path, in_ranges=read_in_ranges) as local, open_checkpoint(local) as reader:
         problems = _verify_all(reader, progress)
         if problems:
             raise damage_error(reader.path, problems, "damaged:")
@@ -321,7 +321,7 @@ def convert(
     with writing(dst, overwrite=overwrite, collective=lambda local: format_of(local, format).collective) as dst:
         fmt = format_of(dst, format)
         _writable_parent(dst)
-        with reading(src) as local, open_checkpoint(local) as reader:
+        with reading(src, in_ranges=read_in_ranges) as local, open_checkpoint(local) as reader:
             return _convert(reader, dst, fmt, overwrite, progress, names, keep)
 
 

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "FORMATS", "Format", "Reader", "Target", "format_for", "format_named", "format_of", "register", "open_checkpoint",
+    "FORMATS", "Format", "Reader", "Target", "format_for", "format_named", "format_of", "register", "open_checkpoint", "read_in_ranges",
     "write_options",
 ]  # fmt: skip
 
@@ -75,6 +75,18 @@ def format_named(name: str) -> Format:
             return fmt
     known = ", ".join(repr(f.name) for f in FORMATS)
     raise ValueError(f"unknown item format {name!r}; known formats: {known}")
+
+
+def read_in_ranges(name: str) -> bool:
+    r"""Whether a file of this name is read in byte ranges by its layout's reader
+    (:meth:`Format.reads_in_ranges`).
+
+    Example:
+        >>> read_in_ranges('shards-00000-of-00002.bin'), read_in_ranges('manifest.json')
+        (True, False)
+    """
+
+    return any(fmt.reads_in_ranges(name) for fmt in FORMATS)
 
 
 def format_of(path: str | os.PathLike, name: str | None = None) -> Format:

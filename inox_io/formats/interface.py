@@ -114,6 +114,13 @@ class Format(abc.ABC):
     def matches(self, path: Path) -> bool:
         r"""Whether :py:`path` (existing or not) is in this format."""
 
+    def reads_in_ranges(self, name: str) -> bool:
+        r"""Whether a file of this name inside a checkpoint is one that readers read in
+        byte ranges, each process only those it needs, announcing them first (see
+        :mod:`inox_io.storage.ranges`): fetched from object storage only where read."""
+
+        return False
+
     def item_path(self, folder: Path, name: str) -> Path:
         r"""Where a checkpoint called :py:`name` goes in :py:`folder` (a manager's step)."""
 

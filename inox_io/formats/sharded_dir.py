@@ -55,6 +55,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, open_regular, read_regular, replaced
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
+from ..storage import ranges
 from .checksums import Checksums
 from .interface import Format, Reader, Target
 from .directory_commit import MANIFEST, save_directory
@@ -357,6 +358,9 @@ class ShardedDirectoryFormat(Format):
     name, suffix, description = "sharded", "", "sharded checkpoint directories"
     collective = True
 
+    def reads_in_ranges(self, name: str) -> bool:
+        return FILE_NAME.fullmatch(name) is not None
+
     def matches(self, path: Path) -> bool:
         if not path.is_dir():
             return path.suffix == ""
@@ -610,6 +614,16 @@ class Plan:
             CheckpointError: for a data file that ends too soon.
         """
 
+        # Every byte range planned, announced at once: fetched together where they are
+        # not on this disk yet (object storage).
+        spans: Dict[str, List[Tuple[int, int]]] = {}
+        for read in self.direct:
+            start = read.shard.offset + read.begin
+            spans.setdefault(read.shard.file, []).append((start, start + len(read.view)))
+        for _, shard, begin, stop in self.copies:
+            spans.setdefault(shard.file, []).append((shard.offset + begin, shard.offset + stop))
+        ranges.ensure(self.reader.path, spans)
+
         with Checksums() as crcs:
             batch: List[Read] = []
             size = 0  # bytes of the batch
@@ -784,6 +798,7 @@ class ShardedReader(Reader):
 
         first = reads[0]
         offset, size = first.shard.offset + first.begin, sum(len(r.view) for r in reads)
+        ranges.ensure(self.path, {first.shard.file: [(offset, offset + size)]})  # fetched, where not here yet
         n = preadv_all(self.files()[first.shard.file], [r.view for r in reads], offset)
         READS.add(n)
         if n < size:

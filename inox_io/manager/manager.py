@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping
 from .. import api, distributed
 from ..atomic import AtomicFile, write_all
 from ..errors import CheckpointError
-from ..formats import format_for, format_named
+from ..formats import format_for, format_named, read_in_ranges
 from ..storage import ObjectURL, locate, reading
 from . import metadata as step_file
 from .lock import DirectoryLock, DirectoryLockedError
@@ -538,7 +538,7 @@ class CheckpointManager:
             elif everything or like.get(name) is not None:
                 try:
                     # The item's files only (with the shards beside an index), on object storage.
-                    with reading(folder, part=name) as local:
+                    with reading(folder, part=name, in_ranges=read_in_ranges) as local:
                         out[name] = api.load(
                             local / entry["file"], like.get(name), strict=strict, verify=verify, statics=statics,
                             shardings=_item_shardings(shardings, name),

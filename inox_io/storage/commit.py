@@ -40,11 +40,12 @@ import secrets
 import time
 
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 from ..errors import CheckpointError
 from .bucket import Bucket, bucket
 from .location import ObjectURL
+from .ranges import DeferredFiles
 
 #: What follows a checkpoint's key in the prefix of its generations.
 DATA_SUFFIX = ".inox-data"
@@ -137,28 +138,31 @@ def _files(folder: Path) -> Dict[str, int]:
     }
 
 
-def _batches(sizes: List[Tuple[str, int]], object_bytes: int) -> List[List[Tuple[str, int, int, int]]]:
-    r"""The parts :py:`(name, object, start, stop)` of the files (bytes of an object, at
-    most :data:`PART_BYTES`), grouped so that each group holds at most
-    :data:`WINDOW_BYTES` (or one part).
+def _batches(spans: List[Tuple[str, int, int]], object_bytes: int) -> List[List[Tuple[str, int, int, int]]]:
+    r"""The parts :py:`(name, object, start, stop)` of the byte spans :py:`(name, begin,
+    end)` of files (bytes of one object, at most :data:`PART_BYTES`), grouped so that
+    each group holds at most :data:`WINDOW_BYTES` (or one part).
 
     Example:
-        >>> _batches([('a', 5), ('b', 0), ('c', 3)], 4)
+        >>> _batches([('a', 0, 5), ('b', 0, 0), ('c', 0, 3)], 4)
         [[('a', 0, 0, 4), ('a', 1, 0, 1), ('c', 0, 0, 3)]]
+        >>> _batches([('a', 3, 9)], 4)
+        [[('a', 0, 3, 4), ('a', 1, 0, 4), ('a', 2, 0, 1)]]
     """
 
     groups: List[List[Tuple[str, int, int, int]]] = [[]]
     held = 0
-    for name, size in sizes:
-        for index, first in enumerate(range(0, size, object_bytes)):  # empty files: created, not read
-            length = min(object_bytes, size - first)
-            for start in range(0, length, PART_BYTES):
-                stop = min(length, start + PART_BYTES)
-                if held + stop - start > WINDOW_BYTES and groups[-1]:
-                    groups.append([])
-                    held = 0
-                groups[-1].append((name, index, start, stop))
-                held += stop - start
+    for name, begin, end in spans:
+        at = begin
+        while at < end:  # empty files: created, not read
+            index, start = divmod(at, object_bytes)
+            stop = min(object_bytes, start + PART_BYTES, end - index * object_bytes)
+            if held + stop - start > WINDOW_BYTES and groups[-1]:
+                groups.append([])
+                held = 0
+            groups[-1].append((name, index, start, stop))
+            held += stop - start
+            at = index * object_bytes + stop
     return [g for g in groups if g]
 
 
@@ -246,10 +250,14 @@ def clean(url: ObjectURL, keep: Tuple[str, ...] | None = None) -> None:
     store.delete([k for k in store.keys(prefix) if not k.startswith(keep_prefixes)])
 
 
-def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
+def fetch(
+    url: ObjectURL, folder: Path, part: str | None = None, deferred: Callable[[str], bool] = lambda name: False
+) -> DeferredFiles:
     r"""Copies the committed files of :py:`url` (those whose path starts with
     :py:`part` only, if given) into :py:`folder`, with ranged requests, several in
-    flight.
+    flight. The files of a directory checkpoint whose name :py:`deferred` takes are
+    created at their size but not fetched: the returned :class:`~.ranges.DeferredFiles`
+    (names relative to the checkpoint) fetches their byte ranges when asked.
 
     Raises:
         FileNotFoundError: if no checkpoint is committed at :py:`url`.
@@ -265,13 +273,41 @@ def fetch(url: ObjectURL, folder: Path, part: str | None = None) -> None:
             raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
         generation, files, object_bytes = record
         wanted = sorted((n, s) for n, s in files.items() if part is None or n.startswith(part))
+        root = f"{url.name}/"  # a directory checkpoint's files: named under it
+        later = {n: s for n, s in wanted if n.startswith(root) and deferred(n.rsplit("/", 1)[-1])}
+        prefix = _data(url, generation)
         try:
-            _download(store, url, _data(url, generation), wanted, object_bytes, folder)
-            return
+            _create(folder, wanted)
+            _download(store, url, prefix, [(n, 0, s) for n, s in wanted if n not in later], object_bytes, folder)
         except FileNotFoundError:
             again = committed(url)
             if attempt == _RETRIES or again is None or again[0] == generation:
                 raise CheckpointError(url, f"generation {generation}: a committed file is missing (damaged)") from None
+            continue
+
+        def fetch_later(spans: List[Tuple[str, int, int]]) -> None:
+            try:
+                _download(store, url, prefix, [(root + n, b, e) for n, b, e in spans], object_bytes, folder)
+            except FileNotFoundError:
+                raise CheckpointError(
+                    url, f"generation {generation}: replaced by a newer save while it was read (or damaged); read it again"
+                ) from None
+
+        return DeferredFiles({n[len(root) :]: size for n, size in later.items()}, fetch_later)
+    raise AssertionError("unreachable")
+
+
+def _create(folder: Path, files: List[Tuple[str, int]]) -> None:
+    r"""Creates each file at its size (sparse: holes until written)."""
+
+    for name, size in files:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
 
 def _probe_bucket(url: ObjectURL) -> None:
@@ -288,15 +324,17 @@ def _probe_bucket(url: ObjectURL) -> None:
 
 
 def _download(
-    store: Bucket, url: ObjectURL, prefix: str, wanted: List[Tuple[str, int]], object_bytes: int, folder: Path
+    store: Bucket, url: ObjectURL, prefix: str, spans: List[Tuple[str, int, int]], object_bytes: int, folder: Path
 ) -> None:
+    r"""Writes the byte spans :py:`(name, begin, end)` of the files, fetched, into the
+    local files (which exist)."""
+
     fds = {}
     try:
-        for name, size in wanted:
-            path = folder / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        for group in _batches(wanted, object_bytes):
+        for name, _, _ in spans:
+            if name not in fds:
+                fds[name] = os.open(folder / name, os.O_WRONLY)
+        for group in _batches(spans, object_bytes):
             try:
                 values = store.get_ranges([(object_key(prefix, name, i), start, stop) for name, i, start, stop in group])
             except OSError as e:

@@ -17,11 +17,12 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import commit
+from . import commit, ranges
 from .location import ObjectURL, locate
 
 
@@ -38,17 +39,23 @@ def staging_folder() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _named(local: Path, url: ObjectURL) -> Iterator[None]:
-    r"""Errors raised inside name the URL, not the local folder standing for it."""
+    r"""Errors raised and warnings given inside name the URL, not the local folder
+    standing for it."""
 
+    old, new = os.fspath(local), str(url)
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # each once here; the caller's filters decide below
+            yield
     except Exception as e:
-        old, new = os.fspath(local), str(url)
         e.args = tuple(a.replace(old, new) if isinstance(a, str) else a for a in e.args)
         for name in ("path", "filename"):
             if isinstance(getattr(e, name, None), str):
                 setattr(e, name, getattr(e, name).replace(old, new))
         raise
+    finally:
+        for w in caught:
+            warnings.warn_explicit(str(w.message).replace(old, new), w.category, w.filename, w.lineno)
 
 
 @contextlib.contextmanager
@@ -103,11 +110,17 @@ def writing(
 
 
 @contextlib.contextmanager
-def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
+def reading(
+    path: str | os.PathLike, part: str | None = None, *, in_ranges: Callable[[str], bool] = lambda name: False
+) -> Iterator[Path]:
     r"""The local path to read the checkpoint of :py:`path` at: :py:`path` itself, or
     for a URL, the committed files fetched into a staging folder (for a checkpoint
     directory, only the files whose path in it starts with :py:`part`, if given: an
     item of a manager's step and the shards beside it).
+
+    The files of a directory whose name :py:`in_ranges` takes (a layout's data files,
+    which its reader reads in byte ranges) are fetched only where the reader asks
+    (:func:`.ranges.ensure`): each process gets the bytes it reads.
 
     Raises:
         FileNotFoundError: if no checkpoint is committed at the URL.
@@ -118,7 +131,7 @@ def reading(path: str | os.PathLike, part: str | None = None) -> Iterator[Path]:
         yield where
         return
     with staging_folder() as folder:
-        commit.fetch(where, folder, None if part is None else f"{where.name}/{part}")
+        deferred = commit.fetch(where, folder, None if part is None else f"{where.name}/{part}", in_ranges)
         local = folder / where.name
-        with _named(local, where):
+        with _named(local, where), ranges.registered(local, deferred):
             yield local

@@ -6,6 +6,8 @@ the errors of a missing bucket, wrong credentials and a missing object."""
 from __future__ import annotations
 
 
+import re
+
 from typing import Iterator
 
 import jax
@@ -280,3 +282,23 @@ def test_large_files_go_in_several_objects(root, scheme, monkeypatch):
     parts = [k for k in keys(url) if ".inox-part-" in k]
     assert len(parts) == -(-size // 2048) - 1 >= 3
     assert_same(inox_io.load(url, WeightSharingMLP(jax.random.key(1), features=32)), tree)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_sharded_load_fetches_only_the_bytes_it_reads(root, scheme):
+    r"""The data files of the sharded layout are fetched in the byte ranges the reader
+    reads: loading one of two 4 MiB arrays fetches that array's bytes, not the other's."""
+
+    from inox_io.storage.ranges import FETCHED
+
+    url = f"{root}/sharded"
+    a, b = np.arange(2**20, dtype=np.float32), np.ones(2**20, np.float32)
+    inox_io.save(url, {"a": a, "b": b})
+    before = FETCHED.total
+    with pytest.warns(UserWarning, match=re.escape(f"{url}: loaded partially; ['b']: in the file but not in like")):
+        out = inox_io.load(url, {"a": jax.ShapeDtypeStruct(a.shape, a.dtype)}, strict=False)
+    assert np.array_equal(out["a"], a)
+    assert FETCHED.total - before == a.nbytes  # the whole of a's 1 MiB chunks, nothing of b's
+    before = FETCHED.total
+    assert sorted(inox_io.verify(url).arrays) == ["['a']", "['b']"]
+    assert FETCHED.total - before == a.nbytes + b.nbytes

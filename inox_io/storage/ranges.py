@@ -1,0 +1,124 @@
+r"""Files of a checkpoint fetched from object storage only where they are read.
+
+A layout that reads its data files in byte ranges (the sharded directory: each
+process reads the shards it needs) declares which files those are; when such a
+checkpoint is fetched (:func:`inox_io.storage.reading`), they are left out: created
+at their size, sparse, and registered here. The layout's reader then calls
+:func:`ensure` with the byte ranges it is about to read, and only those are
+requested, several in flight, from the generation the checkpoint was fetched from.
+Anywhere else (a local checkpoint, a file fetched whole), :func:`ensure` does nothing.
+
+Example:
+    >>> ensure(Path('ckpt'), {'shards-00000-of-00001.bin': [(0, 10)]})  # a local checkpoint
+    >>> blocks([(0, 10), (BLOCK_BYTES - 1, BLOCK_BYTES + 1)])
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "registered"]
+
+import contextlib
+import itertools
+import os
+import threading
+
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
+
+#: The unit fetched: ranges are rounded out to whole blocks (the sharded layout's
+#: checksummed chunks are 1 MiB, and read whole when verified).
+BLOCK_BYTES = 1 << 20
+
+Spans = Iterable[Tuple[int, int]]
+
+
+class Counter:
+    r"""Bytes fetched by :func:`ensure` in this process (for tests and benchmarks)."""
+
+    def __init__(self):
+        self.lock, self.total = threading.Lock(), 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.total += n
+
+
+FETCHED = Counter()
+
+
+def blocks(spans: Spans) -> List[int]:
+    r"""The indices of the :data:`BLOCK_BYTES` blocks that :py:`spans` (begin, end)
+    touch, sorted."""
+
+    out: Set[int] = set()
+    for begin, end in spans:
+        if end > begin:
+            out.update(range(begin // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1))
+    return sorted(out)
+
+
+class DeferredFiles:
+    r"""The files of a fetched checkpoint left for later, and how to fetch their bytes:
+    :py:`fetch(name, spans)` writes the bytes of the spans of :py:`name` (a path under
+    the checkpoint) into the local file."""
+
+    def __init__(self, sizes: Mapping[str, int], fetch: Callable[[List[Tuple[str, int, int]]], None]):
+        self.sizes, self.fetch = dict(sizes), fetch
+        self.done: Dict[str, Set[int]] = {name: set() for name in sizes}
+        self.lock = threading.Lock()
+
+    def ensure(self, spans: Mapping[str, Spans]) -> None:
+        r"""Fetches the blocks of :py:`spans` (by file) not fetched yet, all at once."""
+
+        with self.lock:
+            wanted: List[Tuple[str, int, int]] = []
+            for name, ranges in spans.items():
+                if name not in self.sizes:
+                    continue  # fetched whole
+                missing = [b for b in blocks(ranges) if b not in self.done[name]]
+                # Consecutive blocks in one request.
+                for _, run in itertools.groupby(enumerate(missing), lambda pair: pair[1] - pair[0]):
+                    run = [b for _, b in run]
+                    begin, end = run[0] * BLOCK_BYTES, min((run[-1] + 1) * BLOCK_BYTES, self.sizes[name])
+                    if end > begin:
+                        wanted.append((name, begin, end))
+            if wanted:
+                self.fetch(wanted)
+                FETCHED.add(sum(end - begin for _, begin, end in wanted))
+            for name, begin, end in wanted:
+                self.done[name].update(range(begin // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1))
+
+
+_lock = threading.Lock()
+_registry: Dict[str, DeferredFiles] = {}
+
+
+@contextlib.contextmanager
+def registered(checkpoint: Path, files: DeferredFiles) -> Iterator[None]:
+    r"""Makes :py:`files` (names relative to the local :py:`checkpoint`) what
+    :func:`ensure` fetches, for the duration of the block."""
+
+    key = os.fspath(Path(checkpoint).absolute())
+    with _lock:
+        _registry[key] = files
+    try:
+        yield
+    finally:
+        with _lock:
+            _registry.pop(key, None)
+
+
+def ensure(checkpoint: Path, spans: Mapping[str, Spans]) -> None:
+    r"""Makes sure the byte spans :py:`(begin, end)` of the files of :py:`checkpoint`
+    (by name, relative to it) are on the local disk: fetches those of a checkpoint
+    fetched with deferred files, does nothing otherwise."""
+
+    path = Path(checkpoint).absolute()
+    with _lock:
+        # The checkpoint fetched, or one inside it (an item of a manager's step).
+        found = next(((root, _registry[os.fspath(root)]) for root in (path, *path.parents) if os.fspath(root) in _registry), None)
+    if found is not None:
+        root, files = found
+        inside = path.relative_to(root)
+        files.ensure({os.fspath(inside / name): list(s) for name, s in spans.items()})
