@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["CHUNK_BYTES", "CHUNKS_IN_FLIGHT", "OrbaxArrays", "chunk_boxes"]
+__all__ = ["CHUNK_BYTES", "CHUNKS_IN_FLIGHT", "OrbaxArrays", "bounds", "chunk_boxes"]
 
 import ctypes
 import itertools
@@ -36,7 +36,7 @@ import numpy as np
 
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Tuple
 
 from ..atomic import read_regular
 from .payload import aligned_empty
@@ -53,6 +53,7 @@ CHUNKS_IN_FLIGHT = 2
 MAX_METADATA_BYTES = 64 * 2**20
 
 Box = Tuple[slice, ...]
+Bounds = Tuple[Tuple[int, int], ...]
 
 
 def chunk_boxes(box: Box, chunk: Tuple[int, ...]) -> Iterator[Box]:
@@ -82,9 +83,14 @@ class OrbaxArrays:
         recorded = json.loads(text)
         self.ocdbt = bool(recorded.get("use_ocdbt", True))
         self.driver = "zarr3" if recorded.get("use_zarr3", False) else "zarr"
-        # No cache: a decoded chunk is dropped once copied out. A few chunks decoded at once.
+        # No cache of chunks: a decoded chunk is dropped once copied out. OCDBT's index
+        # (small) is cached, or every array would read it again. A few chunks decoded at once.
         self.context = ts.Context(
-            {"cache_pool": {"total_bytes_limit": 0}, "data_copy_concurrency": {"limit": CHUNKS_IN_FLIGHT}}
+            {
+                "cache_pool": {"total_bytes_limit": 0},
+                "cache_pool#index": {"total_bytes_limit": 64 * 2**20},
+                "data_copy_concurrency": {"limit": CHUNKS_IN_FLIGHT},
+            }
         )
         self.stores: Dict[str, Any] = {}
 
@@ -92,7 +98,8 @@ class OrbaxArrays:
         r"""The tensorstore spec of the array :py:`name`, as orbax lays it out."""
 
         if self.ocdbt:
-            kvstore = {"driver": "ocdbt", "base": f"file://{self.folder}/", "path": f"{name}/"}
+            base = f"file://{self.folder}/"
+            kvstore = {"driver": "ocdbt", "base": base, "path": f"{name}/", "cache_pool": "cache_pool#index"}
         else:
             kvstore = {"driver": "file", "path": f"{self.folder / name}/"}
         return {"driver": self.driver, "kvstore": kvstore}
@@ -100,52 +107,94 @@ class OrbaxArrays:
     def open(self, name: str) -> Any:
         r"""The tensorstore of the array :py:`name` (opened once)."""
 
+        return self.open_all([name])[name]
+
+    def open_all(self, names: Iterable[str]) -> Dict[str, Any]:
+        r"""The tensorstores of the arrays :py:`names`, opened together (once each)."""
+
         import tensorstore as ts
 
-        if name not in self.stores:
-            self.stores[name] = ts.open(self.spec(name), open=True, read=True, context=self.context).result()
-        return self.stores[name]
+        opening = {n: ts.open(self.spec(n), open=True, read=True, context=self.context) for n in dict.fromkeys(names) if n not in self.stores}
+        for name, future in opening.items():
+            self.stores[name] = future.result()
+        return {name: self.stores[name] for name in names}
 
     def read(self, name: str, sharding: jax.sharding.Sharding | None) -> Any:
-        r"""The array :py:`name`: a host array without :py:`sharding`, else a
-        :class:`jax.Array` on it, each distinct shard of this process read once."""
+        r"""The array :py:`name` (see :meth:`read_all`)."""
 
-        store = self.open(name)
-        shape, dtype = tuple(store.shape), store.dtype.numpy_dtype
-        if sharding is None:
-            return self.read_box(store, tuple(slice(0, n) for n in shape), dtype)
-        shards: Dict[Tuple[Tuple[int, int], ...], np.ndarray] = {}
+        return self.read_all({name: sharding})[name]
 
-        def shard(index: Box) -> np.ndarray:
-            bounds = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
-            if bounds not in shards:  # replicas of a shard on this process's devices
-                shards[bounds] = self.read_box(store, tuple(slice(*b) for b in bounds), dtype)
-            return shards[bounds]
+    def read_all(self, wanted: Mapping[str, jax.sharding.Sharding | None]) -> Dict[str, Any]:
+        r"""The arrays of :py:`wanted`, by name: a host array where the sharding is
+        :py:`None`, else a :class:`jax.Array` on it, each distinct shard of this process
+        read once, into an aligned buffer (which JAX adopts without a copy).
 
-        return jax.make_array_from_callback(shape, sharding, shard)
-
-    def read_box(self, store: Any, box: Box, dtype: np.dtype) -> np.ndarray:
-        r"""The part :py:`box` of :py:`store`, in an aligned buffer (which JAX adopts
-        without a copy), which tensorstore fills chunk by chunk, :data:`CHUNKS_IN_FLIGHT`
-        at once."""
+        Tensorstore decodes the chunks straight into those buffers, the chunks of every
+        array in one stream, at most :data:`CHUNKS_IN_FLIGHT` x :data:`CHUNK_BYTES` of
+        them in flight (many small arrays at once, one large chunk at a time).
+        """
 
         import tensorstore as ts
 
-        shape = tuple(s.stop - s.start for s in box)
-        out = aligned_empty(math.prod(shape) * dtype.itemsize).view(dtype).reshape(shape)
-        into = ts.array(out, copy=False, write=True)  # decoded chunks land in `out` directly
-        chunk = tuple(store.chunk_layout.read_chunk.shape or ())  # None for a scalar
+        stores = self.open_all(wanted)
+        buffers: Dict[str, Dict[Bounds, np.ndarray]] = {}
+        parts = []  # (bytes, destination, source)
+        for name, sharding in wanted.items():
+            store = stores[name]
+            shape, dtype = tuple(store.shape), store.dtype.numpy_dtype
+            if sharding is None:
+                boxes = [tuple((0, n) for n in shape)]
+            else:  # each distinct shard once: replicas on this process's devices share it
+                indices = sharding.addressable_devices_indices_map(shape).values()
+                boxes = list(dict.fromkeys(bounds(index, shape) for index in indices))
+            chunk = tuple(store.chunk_layout.read_chunk.shape or ())  # None for a scalar
+            buffers[name] = {}
+            for box in boxes:
+                extent = tuple(b - a for a, b in box)
+                out = aligned_empty(math.prod(extent) * dtype.itemsize).view(dtype).reshape(extent)
+                buffers[name][box] = out
+                into = ts.array(out, copy=False, write=True)  # decoded chunks land in `out`
+                for part in chunk_boxes(tuple(slice(*b) for b in box), chunk):
+                    local = tuple(slice(p.start - a, p.stop - a) for p, (a, _) in zip(part, box))
+                    size = math.prod(p.stop - p.start for p in part) * dtype.itemsize
+                    parts.append((size, into[local], store[part]))
+
+        budget, held, landed = CHUNKS_IN_FLIGHT * CHUNK_BYTES, 0, 0
         pending: deque = deque()
-        for part in chunk_boxes(box, chunk):
-            if len(pending) == CHUNKS_IN_FLIGHT:
-                pending.popleft().result()
-                release_freed_memory()
-            local = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(part, box))
-            pending.append(into[local].write(store[part]))
+        for size, into, source in parts:
+            while pending and held + size > budget:
+                done, future = pending.popleft()
+                future.result()
+                held, landed = held - done, landed + done
+                if landed >= CHUNK_BYTES:
+                    release_freed_memory()
+                    landed = 0
+            pending.append((size, into.write(source)))
+            held += size
         while pending:
-            pending.popleft().result()
+            pending.popleft()[1].result()
         release_freed_memory()
+
+        out: Dict[str, Any] = {}
+        for name, sharding in wanted.items():
+            shape = tuple(stores[name].shape)
+            if sharding is None:
+                (out[name],) = buffers[name].values()
+            else:
+                mine = buffers[name]
+                out[name] = jax.make_array_from_callback(shape, sharding, lambda index, mine=mine, shape=shape: mine[bounds(index, shape)])
         return out
+
+
+def bounds(index: Tuple[slice, ...], shape: Tuple[int, ...]) -> Bounds:
+    r"""The :py:`(start, stop)` of each dimension of a shard's index.
+
+    Example:
+        >>> bounds((slice(None), slice(2, 4)), (3, 8))
+        ((0, 3), (2, 4))
+    """
+
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -467,13 +467,19 @@ class OrbaxReader(Reader):
         :mod:`.orbax_arrays`): the arrays returned and a few chunks, not orbax's second
         copy of each array. :py:`args` (orbax's restore arguments) say nothing more here."""
 
-        arrays, out = self.orbax_arrays(), {}
-        for key, item in items.items():
-            try:
-                out[key] = arrays.read(orbax_name(key), getattr(item, "sharding", None))
-            except Exception as e:
-                raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})", key=key) from None
-        return out
+        arrays = self.orbax_arrays()
+        wanted = {orbax_name(key): getattr(item, "sharding", None) for key, item in items.items()}
+        try:
+            read = arrays.read_all(wanted)
+        except Exception:
+            # Which array failed, read one at a time: the error names its key.
+            for key, item in items.items():
+                try:
+                    arrays.read(orbax_name(key), getattr(item, "sharding", None))
+                except Exception as e:
+                    raise CheckpointError(self.path, f"{ARRAYS}/ could not be read ({reason(e)})", key=key) from None
+            raise
+        return {key: read[orbax_name(key)] for key in items}
 
     def load(self, targets: Mapping[str, Target], *, verify: bool = True) -> Dict[str, Any]:
         return self.consistently(lambda: self.load_once(targets, verify))
