@@ -461,11 +461,11 @@ class OrbaxReader(Reader):
                 key=key,
             )
 
-    def restore(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
-        r"""Reads the named entries only, each onto the sharding of its item in
-        :py:`items` (a host array without one), a chunk at a time (see
+    def restore(self, items: Mapping[str, jax.ShapeDtypeStruct]) -> Dict[str, Any]:
+        r"""Reads the entries of :py:`items` (stored keys) only, each onto the sharding of
+        its item (a host array without one), a chunk at a time (see
         :mod:`.orbax_arrays`): the arrays returned and a few chunks, not orbax's second
-        copy of each array. :py:`args` (orbax's restore arguments) say nothing more here."""
+        copy of each array."""
 
         arrays = self.orbax_arrays()
         wanted = {orbax_name(key): getattr(item, "sharding", None) for key, item in items.items()}
@@ -485,12 +485,10 @@ class OrbaxReader(Reader):
         return self.consistently(lambda: self.load_once(targets, verify))
 
     def load_once(self, targets: Mapping[str, Target], verify: bool) -> Dict[str, Any]:
-        import orbax.checkpoint as ocp
-
         missing = self.manifest.missing_checksums(targets) if verify else {}
         if missing:
             raise unchecked_error(self.path, list(missing))  # before anything is read
-        items, args, after, out = {}, {}, {}, {}
+        items, after, out = {}, {}, {}
         for key, target in targets.items():
             info = self.manifest.arrays[key]
             if empty(info) or target.transform is not None:
@@ -506,16 +504,14 @@ class OrbaxReader(Reader):
                 if target.sharding is not None:
                     raise ValueError(f"{info.dtype} arrays need jax_enable_x64 to be placed on a sharding")
                 items[key] = jax.ShapeDtypeStruct(shape, dtype)
-                args[key] = ocp.RestoreArgs(restore_type=np.ndarray)
                 continue
             sharding = target.sharding or default_sharding()
             if info.key_impl and not isinstance(sharding, KEY_DATA_SHARDINGS):
                 # Key data has trailing dimensions, which only these shardings extend to.
                 after[key], sharding = sharding, default_sharding()
             items[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-            args[key] = ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
 
-        restored = self.restore(items, args) if items else {}
+        restored = self.restore(items) if items else {}
         if verify:
             for key, x in restored.items():
                 info = self.manifest.arrays[key]
@@ -556,14 +552,11 @@ class OrbaxReader(Reader):
     def stored_host(self, key: str) -> np.ndarray:
         r"""The entry of :py:`key` on the host, as orbax stores it (see :func:`to_orbax`)."""
 
-        import orbax.checkpoint as ocp
-
         info = self.manifest.arrays[key]
         if empty(info):
             return np.zeros(info.storage_shape, orbax_dtype(info))
         self.check(key)
-        item = {key: jax.ShapeDtypeStruct(info.storage_shape, orbax_dtype(info))}
-        return np.asarray(self.restore(item, {key: ocp.RestoreArgs(restore_type=np.ndarray)})[key])
+        return np.asarray(self.restore({key: jax.ShapeDtypeStruct(info.storage_shape, orbax_dtype(info))})[key])
 
     def host(self, key: str) -> np.ndarray:
         info = self.manifest.arrays[key]

@@ -432,7 +432,7 @@ class OrbaxNativeReader(OrbaxReader):
         items = {key: "" if key in strings else 0 for key in keys}
         args = {key: ocp.RestoreArgs(restore_type=str) if key in strings else ocp.RestoreArgs() for key in keys}
         out = {}
-        for key, value in self.restore(items, args).items():
+        for key, value in self.restore_through_orbax(items, args).items():
             if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
                 value = value.item()
             if value is not None and is_json_scalar(value):
@@ -449,9 +449,25 @@ class OrbaxNativeReader(OrbaxReader):
 
         return self.leaves[key].metadata
 
-    def restore(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
-        r"""Restores the leaves of :py:`items` (stored keys) only, each tree's through
-        orbax, the others' leaves left out (orbax's placeholders)."""
+    def restore(self, items: Mapping[str, jax.ShapeDtypeStruct]) -> Dict[str, Any]:
+        r"""Restores the arrays of :py:`items` (stored keys) only, each onto the sharding
+        of its item (a host array without one), through orbax: a folder orbax wrote may
+        hold what only orbax reads (its own layouts and handlers)."""
+
+        import orbax.checkpoint as ocp
+
+        args = {
+            key: ocp.RestoreArgs(restore_type=np.ndarray)
+            if item.sharding is None
+            else ocp.ArrayRestoreArgs(sharding=item.sharding, global_shape=item.shape, dtype=item.dtype)
+            for key, item in items.items()
+        }
+        return self.restore_through_orbax(items, args)
+
+    def restore_through_orbax(self, items: Mapping[str, Any], args: Mapping[str, Any]) -> Dict[str, Any]:
+        r"""Restores the leaves of :py:`items` (stored keys) only, with orbax's restore
+        arguments :py:`args`, each tree's through orbax, the others' leaves left out
+        (orbax's placeholders)."""
 
         import orbax.checkpoint as ocp
 
