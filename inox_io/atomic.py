@@ -20,6 +20,7 @@ __all__ = [
     "NAME_MAX",
     "AtomicFile",
     "DurableFile",
+    "again_if_replaced",
     "open_regular",
     "read_regular",
     "save_error",
@@ -43,9 +44,11 @@ import stat
 import types
 
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, Iterator, List, Tuple, TypeVar
 
 from .errors import CheckpointError
+
+T = TypeVar("T")
 
 try:
     import fcntl
@@ -397,6 +400,28 @@ def replaced(path: str | os.PathLike, status: os.stat_result) -> bool:
     except OSError:
         return True
     return (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino)
+
+
+def again_if_replaced(path: str | os.PathLike, attempt: Callable[[], T], status: Callable[[], os.stat_result | None]) -> T:
+    r"""Runs :py:`attempt` (which opens what is at :py:`path`, :py:`status()` then
+    describing what it opened); if it fails with :class:`CheckpointError` and
+    :py:`path` was replaced meanwhile (an overwrite removing the old one as it was
+    read), runs it again, :data:`MAX_REPLACEMENTS` times at most: a reader gets the new
+    checkpoint, not a false report of damage.
+
+    Example:
+        >>> again_if_replaced('.', lambda: 'opened', lambda: None)
+        'opened'
+    """
+
+    for _ in range(MAX_REPLACEMENTS - 1):
+        try:
+            return attempt()
+        except CheckpointError:
+            opened = status()
+            if opened is None or not replaced(path, opened):
+                raise
+    return attempt()
 
 
 def fsync_directory(path: str | os.PathLike) -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping
 
 from .. import distributed
-from ..atomic import MAX_REPLACEMENTS, open_regular, read_regular, replaced, save_error
+from ..atomic import MAX_REPLACEMENTS, again_if_replaced, open_regular, read_regular, replaced, save_error
 from ..dtypes import is_key_dtype
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
@@ -333,13 +333,7 @@ class OrbaxReader(Reader):
         one)."""
 
         self.status: os.stat_result | None = None
-        for _ in range(MAX_REPLACEMENTS - 1):
-            try:
-                return self.open_once()
-            except CheckpointError:
-                if self.status is None or not replaced(self.path, self.status):
-                    raise
-        self.open_once()
+        again_if_replaced(self.path, self.open_once, lambda: self.status)
 
     def open_once(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)

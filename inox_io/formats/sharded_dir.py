@@ -52,7 +52,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, open_regular, read_regular, replaced
+from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, again_if_replaced, open_regular, read_regular, replaced
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
 from ..storage import ranges
@@ -694,13 +694,7 @@ class ShardedReader(Reader):
         overwrite replaced the directory meanwhile (and is removing the old one)."""
 
         self.status: os.stat_result | None = None
-        for _ in range(MAX_REPLACEMENTS - 1):
-            try:
-                return self.open_once()
-            except CheckpointError:
-                if self.status is None or not replaced(self.path, self.status):
-                    raise
-        self.open_once()
+        again_if_replaced(self.path, self.open_once, lambda: self.status)
 
     def open_once(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
