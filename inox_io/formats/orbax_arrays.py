@@ -3,11 +3,11 @@ time into the buffers the load returns.
 
 Orbax's own restore reads each array (or shard) whole into a buffer of tensorstore's,
 then copies it into the array it returns: twice the array at the peak. Here each
-chunk is decoded on its own and copied into the output as it arrives, a few chunks in
-flight, so that a load holds the arrays it returns plus a working set of a few chunks
-(inox_io's own saves write chunks of at most :data:`CHUNK_BYTES`; a folder written
-with larger chunks, by orbax itself, needs one chunk of working set per chunk in
-flight). Nothing is cached across reads.
+chunk is decoded on its own, straight into the buffer returned, a few in flight, so
+that a load holds the arrays it returns plus a working set of a few chunks (inox_io's
+own saves write chunks of at most :data:`CHUNK_BYTES`; a folder written with larger
+chunks, by orbax itself, needs one such chunk per chunk in flight). No chunk is
+cached; OCDBT's index is, or every array would read it again.
 
 The folder's layout (OCDBT or one folder per array; zarr v2 or v3) is orbax's own
 record of it, its ``_METADATA``.

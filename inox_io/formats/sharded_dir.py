@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, again_if_replaced, open_regular, read_regular, replaced
+from ..counting import ByteCounter
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
 from ..storage import ranges
@@ -88,20 +89,8 @@ def file_name(process: int, count: int) -> str:
     return f"shards-{process:05d}-of-{count:05d}.bin"
 
 
-class ReadCounter:
-    r"""The bytes this process read from data files of this layout (loads, verify,
-    host), for benchmarks and tests: compare :py:`value` before and after."""
-
-    def __init__(self):
-        self.value = 0
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.value += n
-
-
-READS = ReadCounter()
+#: The bytes this process read from data files of this layout (loads, verify, host).
+READS = ByteCounter()
 
 
 # ---------------------------------------------------------------------------------------

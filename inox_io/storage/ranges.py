@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
 
+from ..counting import ByteCounter
+
 #: The unit fetched: ranges are rounded out to whole blocks (the sharded layout's
 #: checksummed chunks are 1 MiB, and read whole when verified).
 BLOCK_BYTES = 1 << 20
@@ -33,18 +35,8 @@ BLOCK_BYTES = 1 << 20
 Spans = Iterable[Tuple[int, int]]
 
 
-class Counter:
-    r"""Bytes fetched by :func:`ensure` in this process (for tests and benchmarks)."""
-
-    def __init__(self):
-        self.lock, self.total = threading.Lock(), 0
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.total += n
-
-
-FETCHED = Counter()
+#: The bytes :func:`ensure` fetched in this process.
+FETCHED = ByteCounter()
 
 
 def blocks(spans: Spans) -> List[int]:
