@@ -4,7 +4,7 @@ host arrays placed onto devices or shardings.
 
 from __future__ import annotations
 
-__all__ = ["host_bytes", "place", "place_all", "device_put_default"]
+__all__ = ["host_bytes", "host_value", "place", "place_all", "device_put_default"]
 
 import jax
 import numpy as np
@@ -29,12 +29,38 @@ def host_bytes(x: Any) -> np.ndarray:
                 "this array spans several processes; save it to a directory (orbax format), "
                 "where each process writes its own shards"
             )
-    host = np.asarray(x)
+    host = host_value(x) if isinstance(x, jax.Array) else np.asarray(x)
     if not host.dtype.isnative:
         host = host.astype(host.dtype.newbyteorder("="))  # files are little-endian
     elif not host.flags.c_contiguous:
         host = np.ascontiguousarray(host)
     return (host if host.ndim == 1 else host.reshape(-1)).view(np.uint8)
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    r"""The value of :py:`x` on the host, which JAX does not keep: :func:`numpy.asarray`
+    stores on :py:`x` the copy it assembles of an array of several shards (or of one on
+    an accelerator), which would hold a second copy of the model for as long as the
+    model lives. A shard on a CPU device is viewed, not copied.
+
+    Example:
+        >>> host_value(jnp.arange(3.0))
+        array([0., 1., 2.], dtype=float32)
+    """
+
+    def local(data: jax.Array) -> np.ndarray:
+        if next(iter(data.devices())).platform != "cpu":
+            data = jax.device_put(data, jax.devices("cpu")[0])  # a copy of our own, viewed
+        return np.asarray(data)
+
+    shards = [s for s in x.addressable_shards if s.replica_id == 0]
+    whole = next((s for s in shards if s.data.shape == x.shape), None)
+    if whole is not None:
+        return local(whole.data)
+    out = np.empty(x.shape, x.dtype)
+    for s in shards:
+        out[s.index] = local(s.data)
+    return out
 
 
 def place(info: ArrayInfo, view: np.ndarray, target: Target) -> jax.Array:
