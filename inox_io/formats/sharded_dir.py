@@ -777,11 +777,11 @@ class ShardedReader(Reader):
 
     def read(self, reads: Sequence[Read]) -> None:
         r"""Fills consecutive reads of one file with one system call (and more after
-        short reads)."""
+        short reads). Their bytes are on this disk: :meth:`Plan.run` announced them
+        (:func:`inox_io.storage.ranges.ensure`) before any read."""
 
         first = reads[0]
         offset, size = first.shard.offset + first.begin, sum(len(r.view) for r in reads)
-        ranges.ensure(self.path, {first.shard.file: [(offset, offset + size)]})  # fetched, where not here yet
         n = preadv_all(self.files()[first.shard.file], [r.view for r in reads], offset)
         READS.add(n)
         if n < size:
