@@ -11,7 +11,8 @@ and load every method, interleaved; each figure is the median over the repetitio
 the slowest process's time, and its ratio to the raw baseline measured beside it.
 ``reshard`` loads onto another mesh; its raw baseline reads and places the same number
 of bytes per process. ``read/needed`` is, per process, the bytes the sharded layout read
-(counted by its reader) over the bytes of that process's target shards.
+(counted by its reader), and those of the single file checksummed, over the bytes of
+that process's target shards.
 """
 
 from __future__ import annotations
@@ -77,11 +78,12 @@ def rows(result: Dict[str, Any]) -> List[List[str]]:
 def markdown(results: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, result in results.items():
-        reads = [p["reads"]["inox_io-sharded"]["counted"] / max(p["needed"], 1) for p in result["reads"]]
+        read = []  # counted by each layout's reader: what the sharded one read, what the file's checked
+        for m in [m for m in ("inox_io-sharded", "inox_io-file") if m in result["times"]]:
+            ratios = [p["reads"][m]["counted"] / max(p["needed"], 1) for p in result["reads"]]
+            read.append(f"{m} " + ", ".join(f"{r:.2f}" for r in ratios))
         lines += [
-            f"**{name}** ({result['nbytes'] / 2**20:.0f} MiB; read/needed per process on reshard: "
-            + ", ".join(f"{r:.2f}" for r in reads)
-            + ")",
+            f"**{name}** ({result['nbytes'] / 2**20:.0f} MiB; read/needed per process on reshard: " + "; ".join(read) + ")",
             "",
             "| method | save (x raw) | load (x raw) | reshard (x raw) |",
             "|---|---|---|---|",

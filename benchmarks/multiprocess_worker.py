@@ -10,7 +10,9 @@ Methods: ``raw`` (each process writes the distinct shards of its devices to a fi
 its own with ``writev`` and fsyncs it; reads it back with one ``readinto`` and places
 the shards), ``inox_io-sharded`` (the default directory layout), ``inox_io-orbax``
 (``format="orbax"``), ``orbax`` (``StandardCheckpointer``, the tie written twice), and
-``manager-sync`` / ``manager-async``: a step of an :class:`inox_io.CheckpointManager`
+``inox_io-file`` (one safetensors file, which process 0 writes from its host copy of
+the whole tree; loads take each process's slices from it, checking the chunks they
+overlap), and ``manager-sync`` / ``manager-async``: a step of an :class:`inox_io.CheckpointManager`
 holding the tree (sharded layout), saved with ``async_save`` off / on; for the async
 one, ``save`` is the time :meth:`~inox_io.CheckpointManager.save` blocks the caller and
 ``written`` the time until the step is committed.
@@ -32,7 +34,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from . import system
 
-METHODS = ["raw", "inox_io-sharded", "inox_io-orbax", "orbax", "manager-sync", "manager-async"]
+METHODS = ["raw", "inox_io-sharded", "inox_io-orbax", "orbax", "inox_io-file", "manager-sync", "manager-async"]
 
 
 def io_read_bytes() -> int:
@@ -48,7 +50,7 @@ def io_read_bytes() -> int:
 class Job:
     r"""The arrays of a case as global arrays, and the ways to save and load them."""
 
-    def __init__(self, case: str, size: str, folder: Path):
+    def __init__(self, case: str, size: str, folder: Path, methods: List[str]):
         import jax
         import numpy as np
 
@@ -78,10 +80,16 @@ class Job:
         self.flat = {k: globalize(v) for k, v in data.flat.items()}
         self.unique = [globalize(x) for x in data.unique]
         self.nbytes = data.nbytes
+        self.host_tree = data.tree if "inox_io-file" in methods else None  # the same on every process
         del data
 
     def path(self, method: str) -> Path:
-        return self.folder / method
+        return self.folder / (f"{method}.safetensors" if method == "inox_io-file" else method)
+
+    def remove(self, method: str) -> None:
+        path = self.path(method)
+        if self.jax.process_index() == 0 and path.exists():
+            path.unlink() if path.is_file() else shutil.rmtree(path)
 
     def saver(self, method: str) -> Tuple[Callable[[], Any], Callable[[], None]]:
         r"""What to time for a save, and what finishes it (untimed, but for ``written``):
@@ -109,6 +117,10 @@ class Job:
             inox_io.save(path, self.tree)
         elif method == "inox_io-orbax":
             inox_io.save(path, self.tree, format="orbax")
+        elif method == "inox_io-file":
+            if self.jax.process_index() == 0:
+                inox_io.save(path, self.host_tree)
+            self.barrier("file-written")
         else:
             import orbax.checkpoint as ocp
 
@@ -223,10 +235,12 @@ def main(argv: List[str] | None = None) -> None:
         jax.distributed.initialize(f"127.0.0.1:{args.port}", num_processes=args.processes, process_id=args.process)
 
     from inox_io import distributed
+    from inox_io.formats.payload import SLICE_CHECKS
     from inox_io.formats.sharded_dir import READS
 
-    job = Job(args.case, args.size, args.dir)
     methods = [m for m in METHODS if m in args.methods.split(",")]
+    job = Job(args.case, args.size, args.dir, methods)
+    counted = lambda: READS.value + SLICE_CHECKS.value  # each method moves one of them
     times: Dict[str, Dict[str, List[float]]] = {m: {"save": [], "written": [], "load": [], "reshard": []} for m in methods}
     reads: Dict[str, Dict[str, int]] = {}
 
@@ -240,8 +254,7 @@ def main(argv: List[str] | None = None) -> None:
 
     for rep in range(args.reps + 1):  # the first is a warm-up
         for m in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
-            if jax.process_index() == 0 and job.path(m).exists():
-                shutil.rmtree(job.path(m))
+            job.remove(m)
             save, finish = job.saver(m)
             system.sync()
             start = time.perf_counter()
@@ -255,12 +268,12 @@ def main(argv: List[str] | None = None) -> None:
             for m in methods:
                 if args.cold and jax.process_index() == 0:
                     system.drop_caches()
-                before, io_before = READS.value, io_read_bytes()
+                before, io_before = counted(), io_read_bytes()
                 elapsed = timed(lambda: job.load(m, sharding))
                 if rep:
                     times[m][op].append(elapsed)
                 if op == "reshard":
-                    reads[m] = {"counted": READS.value - before, "io": io_read_bytes() - io_before}
+                    reads[m] = {"counted": counted() - before, "io": io_read_bytes() - io_before}
 
     # The bytes of the target shards of this process's reshard, for the bytes read.
     needed = 0
@@ -275,8 +288,7 @@ def main(argv: List[str] | None = None) -> None:
         sys.stdout.flush()
     distributed.barrier("end")
     for m in methods:
-        if jax.process_index() == 0 and job.path(m).exists():
-            shutil.rmtree(job.path(m))
+        job.remove(m)
     if args.processes > 1:
         jax.distributed.shutdown()
 

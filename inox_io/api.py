@@ -335,7 +335,7 @@ def _convert(
     problems = _verify_all(reader, progress)
     if problems:
         raise damage_error(reader.path, problems, "damaged, not converted:")
-    manifest = reader.manifest
+    manifest = reader.manifest.fresh()  # the writer computes its layout's checksums
     arrays: Mapping[str, Any] = {key: reader.host(key) for key in manifest.arrays}
     manifest, arrays, extra = name_arrays(manifest, arrays, names=names, keep=keep)
 

@@ -60,6 +60,11 @@ from .version import __version__
 
 FORMAT = "inox_io"
 VERSION = 1
+#: Version 1.1 adds chunk checksums (``chunk_crc32``), which readers of 1.0 ignore.
+MINOR_VERSION = 1
+#: Bytes per chunk checksum of arrays stored whole (the single-file layouts): a process
+#: that loads slices of an array verifies the chunks they overlap, not the whole array.
+CHUNK_CRC_BYTES = 2**20
 
 #: PRNG implementations a file may name, with the trailing shape of their key data.
 KEY_IMPLS = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
@@ -90,6 +95,19 @@ class ArrayInfo:
     nbytes: int
     crc32: str | None = None  #: 8 hexadecimal digits, or None where not computed.
     key_impl: str | None = None  #: For PRNG key arrays: the key implementation.
+    #: The CRC-32 of each :data:`CHUNK_CRC_BYTES` chunk of an array larger than one
+    #: chunk, where the layout stores it whole. Left out of the repr: thousands of them.
+    chunk_crc32: List[str] | None = dataclasses.field(default=None, repr=False)
+
+    def chunks(self, chunk_bytes: int = CHUNK_CRC_BYTES) -> int:
+        r"""How many chunk checksums an array of this size has (none if only one chunk).
+
+        Example:
+            >>> ArrayInfo('float32', (2**19,), 2**21).chunks(), ArrayInfo('float32', (2,), 8).chunks()
+            (2, 0)
+        """
+
+        return -(-self.nbytes // chunk_bytes) if self.nbytes > chunk_bytes else 0
 
     @property
     def storage_dtype(self) -> np.dtype:
@@ -107,6 +125,8 @@ class ArrayInfo:
         out = {"dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes, "crc32": self.crc32}
         if self.key_impl:
             out["key_impl"] = self.key_impl
+        if self.chunk_crc32 is not None:
+            out["chunk_crc32"] = self.chunk_crc32
         return out
 
 
@@ -141,6 +161,8 @@ class Manifest:
     #: key paths: the ties of the tree as declared (tags, scopes, key paths), for the
     #: record; the stored arrays of a tie are grouped by :attr:`aliases`.
     named_ties: List[TieInfo] = dataclasses.field(default_factory=list)
+    #: The bytes per chunk of the arrays' :attr:`ArrayInfo.chunk_crc32`.
+    chunk_crc32_bytes: int = CHUNK_CRC_BYTES
 
     @property
     def nbytes(self) -> int:
@@ -170,6 +192,19 @@ class Manifest:
         keys = sorted(self.arrays)
         below = {path: len(descendants(keys, path + ".value")) for path in {tie.path for tie in self.ties}}
         return len(self.arrays) + len(self.aliases) + sum(len(t.aliases) * below[t.path] for t in self.ties)
+
+    def fresh(self) -> Manifest:
+        r"""A copy without checksums, for a writer of another layout, which computes the
+        checksums its layout keeps.
+
+        Example:
+            >>> m = Manifest({'.w': ArrayInfo('float32', (2,), 8, crc32='0000abcd')})
+            >>> m.fresh().arrays, m.arrays['.w'].crc32
+            ({'.w': ArrayInfo(dtype='float32', shape=(2,), nbytes=8, crc32=None, key_impl=None)}, '0000abcd')
+        """
+
+        arrays = {key: dataclasses.replace(info, crc32=None, chunk_crc32=None) for key, info in self.arrays.items()}
+        return dataclasses.replace(self, arrays=arrays)
 
     def reads_as(self, other: Manifest) -> bool:
         r"""Whether :py:`other` describes the same arrays and ties (not checksums,
@@ -220,10 +255,14 @@ class Manifest:
         extra: Dict[str, Any] = {} if self.no_checksums is None else {"no_checksums": self.no_checksums}
         if self.named_ties:
             extra["named_ties"] = _ties_json(self.named_ties)
+        minor = {}
+        if any(info.chunk_crc32 is not None for info in self.arrays.values()):
+            minor = {"minor_version": MINOR_VERSION, "chunk_crc32_bytes": self.chunk_crc32_bytes}
         return json.dumps(
             {
                 "format": self.format,
                 "version": self.version,
+                **minor,
                 "libraries": self.libraries,
                 "arrays": {key: info.to_json() for key, info in self.arrays.items()},
                 "ties": _ties_json(self.ties),
@@ -283,9 +322,15 @@ class Manifest:
         if type(data.get("version")) is not int or data["version"] != VERSION:
             fail(f"unknown format version {data.get('version')!r}; this library reads version {VERSION}")
 
+        minor = data.get("minor_version", 0)
+        if type(minor) is not int or minor < 0:
+            fail(f"minor_version {reprlib.repr(minor)}: a non-negative integer expected")
+        chunk_bytes = data.get("chunk_crc32_bytes")  # later minor versions read as 1.1
+        if chunk_bytes is not None and (minor < 1 or type(chunk_bytes) is not int or chunk_bytes < 1):
+            fail(f"chunk_crc32_bytes {reprlib.repr(chunk_bytes)}: a positive integer expected, in version 1.1 or later")
         arrays = {}
         for key, entry in _expect(data, "arrays", dict, fail).items():
-            arrays[key] = _parse_array_info(key, entry, fail)
+            arrays[key] = _parse_array_info(key, entry, fail, chunk_bytes)
 
         ties = _parse_ties(_expect(data, "ties", list, fail), fail)
         named_ties = _parse_ties(data["named_ties"], fail) if "named_ties" in data else []
@@ -302,6 +347,7 @@ class Manifest:
             fail(f"no_checksums {reprlib.repr(reason)}: a reason (a non-empty string) expected")
 
         manifest = cls(arrays, ties, aliases, statics, metadata, libraries, named_ties=named_ties)
+        manifest.chunk_crc32_bytes = chunk_bytes or CHUNK_CRC_BYTES
         if no_checksums_by_design:
             manifest.no_checksums = reason
         count, limit = manifest.position_count(), MIN_POSITIONS + POSITIONS_PER_BYTE * len(text)
@@ -386,7 +432,7 @@ def _expect(data: Dict, name: str, kind: type, fail) -> Any:
     return value
 
 
-def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
+def _parse_array_info(key: str, entry: Any, fail, chunk_bytes: int | None = None) -> ArrayInfo:
     if type(entry) is not dict:
         fail("an object expected", key=key)
     dtype, shape, nbytes = entry.get("dtype"), entry.get("shape"), entry.get("nbytes")
@@ -416,6 +462,14 @@ def _parse_array_info(key: str, entry: Any, fail) -> ArrayInfo:
     expected = math.prod(storage_shape) * itemsize
     if type(nbytes) is not int or nbytes != expected:
         fail(f"nbytes {reprlib.repr(nbytes)} does not match dtype {dtype} and shape {tuple(shape)} ({expected})", key=key)
+    chunks = entry.get("chunk_crc32")
+    if chunks is not None:
+        count = info.chunks(chunk_bytes) if chunk_bytes else 0
+        if not (count and type(chunks) is list and len(chunks) == count and all(type(c) is str and _HEX8.fullmatch(c) for c in chunks)):
+            fail(f"chunk_crc32: one checksum (8 hexadecimal digits) per chunk of chunk_crc32_bytes expected ({count})", key=key)
+        if crc is None:
+            fail("chunk checksums without the checksum of the whole array", key=key)
+        info.chunk_crc32 = chunks
     return info
 
 

@@ -10,7 +10,7 @@ background.
 
 from __future__ import annotations
 
-__all__ = ["FileReader", "aligned_empty", "preadv_all", "write_payload_file"]
+__all__ = ["FileReader", "SLICE_CHECKS", "aligned_empty", "preadv_all", "write_payload_file"]
 
 import abc
 import concurrent.futures
@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ..atomic import MAX_BUFFERS, AtomicFile, DurableFile, advance, open_regular, pwrite_all, syscalls, write_all, writev_all
+from ..counting import ByteCounter
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import Manifest
-from .checksums import Checksums, Piece, crc32
+from .boxes import local_boxes, span
+from .checksums import Checksums, ChunkedCrc, Piece, crc32
 from .interface import Reader, Target
 from .transfer import host_bytes, place, place_all
 
@@ -52,6 +54,11 @@ MAX_GAP_BYTES = 64 * 2**10
 #: Alignment of the buffers arrays are read into: JAX on CPU adopts 64-byte aligned
 #: host buffers without copying them.
 ALIGNMENT = 64
+
+#: The bytes of arrays spanning processes that this process checksummed in loads: the
+#: chunks its own slices overlap, where the file has chunk checksums; else whole arrays.
+SLICE_CHECKS = ByteCounter()
+
 
 class Writeback:
     r"""Starts writing each run of a file to disk as soon as it is written, from a
@@ -165,14 +172,22 @@ def write_payload_file(
     """
 
     manifest.no_checksums = None  # every array gets one here
-    for key in manifest.arrays:
-        manifest.arrays[key].crc32 = PLACEHOLDER_CRC
+    chunked = []  # arrays larger than a chunk get chunk checksums too
+    for key, info in manifest.arrays.items():
+        count = info.chunks(manifest.chunk_crc32_bytes)
+        info.crc32, info.chunk_crc32 = PLACEHOLDER_CRC, [PLACEHOLDER_CRC] * count if count else None
+        if count:
+            chunked.append(key)
     placeholder = header(manifest)
-    slots = _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
+    # Patching needs one slot per array: with chunk lists, the header is encoded again
+    # (a few large arrays: the many small ones, where encoding costs, have none).
+    slots = None if chunked else _crc_slots(placeholder, quote(f'"crc32":"{PLACEHOLDER_CRC}"'), len(manifest.arrays))
 
     written = 0  # bytes of arrays
     file = DurableFile(path) if in_place else AtomicFile(path, overwrite=overwrite)
     with file as f, Checksums() as crcs, Writeback(f.fd) as writeback:
+        for key in chunked:
+            crcs.chunked(key, manifest.chunk_crc32_bytes)
 
         def flush(run: Run) -> Run:
             nonlocal written
@@ -204,6 +219,8 @@ def write_payload_file(
 
         for key in manifest.arrays:
             manifest.arrays[key].crc32 = crcs.hex(key)
+        for key in chunked:
+            manifest.arrays[key].chunk_crc32 = crcs.chunk_hex(key)
         if slots is None:
             final = header(manifest)
         else:
@@ -312,17 +329,50 @@ class FileReader(Reader):
         flat = np.frombuffer(self.buffer, dtype=dtype, count=math.prod(info.storage_shape), offset=begin)
         return flat.reshape(info.storage_shape)
 
-    def checksum(self, key: str) -> str:
+    def intact(self, key: str) -> bool:
+        r"""Whether an array's stored bytes match its checksum, and its chunk checksums
+        (which a load of slices will trust) where it has them."""
+
         self.check_prefix(key, self.mapped_prefix(key))
+        info = self.manifest.arrays[key]
         begin, end = self.ranges[key]
-        return f"{crc32(memoryview(self.buffer)[begin:end]):08x}"
+        data = memoryview(self.buffer)[begin:end]
+        if info.chunk_crc32 is None:
+            return f"{crc32(data):08x}" == info.crc32
+        crcs = ChunkedCrc(self.manifest.chunk_crc32_bytes)
+        crcs.add(data)
+        return f"{crcs.whole():08x}" == info.crc32 and [f"{c:08x}" for c in crcs.chunks()] == info.chunk_crc32
+
+    def slices_match(self, key: str, target: Target) -> bool:
+        r"""Whether the bytes of an array that this process's slices of :py:`target`
+        need match their checksums: the chunks those slices overlap where the file
+        has chunk checksums and the array is placed as stored; else the whole array."""
+
+        info = self.manifest.arrays[key]
+        if info.chunk_crc32 is None or target.transform is not None and not info.key_impl:
+            SLICE_CHECKS.add(info.nbytes)
+            return self.intact(key)
+        self.check_prefix(key, self.mapped_prefix(key))
+        whole, itemsize = tuple((0, n) for n in info.storage_shape), info.storage_dtype.itemsize
+        size, wanted = self.manifest.chunk_crc32_bytes, set()
+        for box in local_boxes(target.sharding, info.shape):
+            box += whole[len(box) :]  # PRNG keys: the key data's trailing axes, whole
+            if all(a < b for a, b in box):
+                first, end, _ = span(whole, box)  # a box's elements lie within these
+                wanted.update(range(first * itemsize // size, -(-end * itemsize // size)))
+        begin, data = self.ranges[key][0], memoryview(self.buffer)
+        for i in sorted(wanted):
+            chunk = data[begin + i * size : begin + min((i + 1) * size, info.nbytes)]
+            SLICE_CHECKS.add(len(chunk))
+            if f"{crc32(chunk):08x}" != info.chunk_crc32[i]:
+                return False
+        return True
 
     def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
         keys = list(self.manifest.arrays if keys is None else keys)
         problems = self.manifest.missing_checksums(keys)
         for key in keys:
-            expected = self.manifest.arrays[key].crc32
-            if expected is not None and self.checksum(key) != expected:
+            if self.manifest.arrays[key].crc32 is not None and not self.intact(key):
                 problems[key] = CHECKSUM_MISMATCH
         return problems
 
@@ -415,11 +465,9 @@ class FileReader(Reader):
         problems = {}
         if verify:
             for key in targets:
-                expected = infos[key].crc32
-                if expected is None:
+                if infos[key].crc32 is None:
                     continue
-                found = self.checksum(key) if key in spanning else crcs.hex(key)
-                if found != expected:
+                if not (self.slices_match(key, targets[key]) if key in spanning else crcs.hex(key) == infos[key].crc32):
                     problems[key] = CHECKSUM_MISMATCH
         if problems:
             raise damage_error(self.path, problems)

@@ -8,7 +8,9 @@ mesh of 4. The worker saves the spec's tied model (``models.WeightSharingMLP``)
 sharded over all 4 devices to an orbax directory, restores it onto another mesh and
 spec, and checks ties, values, placement and that no process holds another's shards.
 It also loads a safetensors file (written by process 0 from its local copy) onto the
-global sharding, and checks that saving a global array to a single file fails clearly.
+global sharding, and checks that saving a global array to a single file fails clearly,
+and that a process loading slices of a large array from a single file checksums only
+the chunks its slices overlap (and finds damage there, not elsewhere).
 It prints ``WORKER OK <id>`` at the end.
 """
 
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import inox_io
 
+from inox_io.errors import CheckpointError
+from inox_io.formats.payload import SLICE_CHECKS
 from models import WeightSharingMLP, assert_tied  # this folder: sys.path[0] when run as a script
 
 FEATURES = 8
@@ -124,6 +128,28 @@ def main(process_id: int, num_processes: int, port: int, directory: Path) -> Non
         inox_io.save(file, local)
     multihost_utils.sync_global_devices("inox_io-test:file-written")
     check(inox_io.load(file, local, shardings=choose), expected, fully_addressable=False)
+
+    # A 4 MiB array in rows over the 4 devices: each process needs half of it, 2 MiB,
+    # and checksums those two chunks only, not the whole array.
+    big_file, damaged = directory / "big.safetensors", directory / "damaged.safetensors"
+    big = np.arange(2**20, dtype=np.float32).reshape(1024, 1024)
+    if process_id == 0:
+        inox_io.save(big_file, {"w": big})
+        data = bytearray(big_file.read_bytes())
+        data[-1] ^= 1  # the last row: process 1's half
+        damaged.write_bytes(bytes(data))
+    multihost_utils.sync_global_devices("inox_io-test:big-written")
+    rows = {"w": jax.ShapeDtypeStruct(big.shape, big.dtype, sharding=NamedSharding(mesh, P("x", None)))}
+    before = SLICE_CHECKS.value
+    loaded = inox_io.load(big_file, rows)["w"]
+    assert SLICE_CHECKS.value - before == big.nbytes // num_processes, SLICE_CHECKS.value - before
+    for shard in loaded.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), big[shard.index])
+    if process_id == num_processes - 1:
+        with pytest.raises(CheckpointError, match=r"damaged.safetensors.*\['w'\].*checksum mismatch"):
+            inox_io.load(damaged, rows)
+    else:
+        inox_io.load(damaged, rows)  # its own chunks are intact
 
     multihost_utils.sync_global_devices("inox_io-test:done")
     print(f"WORKER OK {process_id}", flush=True)

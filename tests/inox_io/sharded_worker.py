@@ -27,7 +27,8 @@ from pathlib import Path
 import inox_io
 
 from inox_io import distributed
-from inox_io.formats.sharded_dir import CHUNK_BYTES, READS, extents, local_boxes
+from inox_io.formats.boxes import extents, local_boxes
+from inox_io.formats.sharded_dir import CHUNK_BYTES, READS
 
 from models import WeightSharingMLP, assert_tied, assert_trees_bits_equal, dtype_zoo  # this folder: sys.path[0]
 

@@ -467,6 +467,58 @@ def test_corrupted_checksum_in_manifest(tmp_path, fmt, model):
         inox_io.load(path, model)
 
 
+# Chunk checksums (format 1.1): arrays larger than one chunk
+
+
+def test_chunk_checksums_of_large_arrays(tmp_path, fmt):
+    r"""An array of 3 MiB and 20 bytes gets the CRC-32 of each 1 MiB chunk (the last
+    one 20 bytes) beside its own; a small one gets none. The index's manifest repeats
+    its shards'."""
+
+    tree = {"big": np.arange(3 * 2**18 + 5, dtype=np.float32), "small": np.ones(3, np.float32)}
+    path = tmp_path / f"tree.{fmt}"
+    inox_io.save(path, tree)
+    manifest = raw_manifest(path)
+    assert (manifest["version"], manifest["minor_version"], manifest["chunk_crc32_bytes"]) == (1, 1, 2**20)
+    data = tree["big"].tobytes()
+    expected = [f"{zlib.crc32(data[i : i + 2**20]):08x}" for i in range(0, len(data), 2**20)]
+    assert manifest["arrays"]["['big']"]["chunk_crc32"] == expected and len(expected) == 4
+    assert manifest["arrays"]["['big']"]["crc32"] == f"{zlib.crc32(data):08x}"
+    assert "chunk_crc32" not in manifest["arrays"]["['small']"]
+    assert inox_io.inspect(path).arrays["['big']"].chunk_crc32 == expected
+    index = tmp_path / "tree.safetensors.index.json"
+    inox_io.save(index, tree, max_shard_size=2**21)
+    assert json.loads(json.loads(index.read_text())["metadata"]["inox_io"])["arrays"]["['big']"]["chunk_crc32"] == expected
+
+
+def test_damaged_chunk_checksum_is_found_by_verify(tmp_path, fmt):
+    r"""A chunk checksum that does not match, though the whole array's does: a load of
+    slices would report damage, so ``verify`` does now."""
+
+    tree = {"big": np.arange(2**19, dtype=np.float32)}
+    path = tmp_path / f"tree.{fmt}"
+    inox_io.save(path, tree)
+    edit_manifest(path, lambda m: m["arrays"]["['big']"]["chunk_crc32"].__setitem__(1, "00000000"))
+    with pytest.raises(CheckpointError, match=r"\['big'\]: checksum mismatch"):
+        inox_io.verify(path)
+    np.testing.assert_array_equal(inox_io.load(path, tree)["big"], tree["big"])  # whole: its own checksum
+
+
+def test_files_without_chunk_checksums_still_load(tmp_path, fmt):
+    r"""Format 1.0, as written before chunk checksums: the same file without them."""
+
+    tree = {"big": np.arange(2**19, dtype=np.float32)}
+    path = tmp_path / f"tree.{fmt}"
+    inox_io.save(path, tree)
+
+    def to_1_0(m):
+        del m["minor_version"], m["chunk_crc32_bytes"], m["arrays"]["['big']"]["chunk_crc32"]
+
+    edit_manifest(path, to_1_0)
+    assert inox_io.verify(path).arrays["['big']"].chunk_crc32 is None
+    np.testing.assert_array_equal(inox_io.load(path, tree)["big"], tree["big"])
+
+
 def cut_points(path: Path, model) -> dict:
     size = path.stat().st_size
     begin, end = byte_range(path, model.l1.weight.value)
@@ -533,6 +585,13 @@ MANIFEST_DAMAGE = {
     "tie without path": (lambda m: m["ties"][0].pop("path"), "scope and path strings expected"),
     "tie aliases not strings": (lambda m: m["ties"][0].update(aliases=[3]), "a list of alias paths expected"),
     "alias of nothing": (lambda m: m["aliases"].update({".x": ".nowhere"}), r"\.x: manifest: implicit alias of '\.nowhere'"),
+    "minor version as string": (lambda m: m.update(minor_version="1"), "minor_version '1'"),
+    "chunk size without minor version": (lambda m: m.update(chunk_crc32_bytes=2**20), "chunk_crc32_bytes 1048576"),
+    "chunk size zero": (lambda m: m.update(minor_version=1, chunk_crc32_bytes=0), "chunk_crc32_bytes 0"),
+    "chunk checksums of a one-chunk array": (
+        lambda m: m.update(minor_version=1, chunk_crc32_bytes=2**20) or m["arrays"][".l4.bias.value"].update(chunk_crc32=["00000000"]),
+        r"\.l4\.bias\.value: manifest: chunk_crc32: one checksum .* per chunk .*\(0\)",
+    ),
     "array not listed in file": (
         lambda m: m["arrays"].update({".extra": {"dtype": "int8", "shape": [1], "nbytes": 1, "crc32": None}}),
         r"\.extra: listed in the manifest but not",
