@@ -138,7 +138,13 @@ class Bucket:
 
         found = self._wait([self.store.list(self._range(prefix))], [prefix], "listing")[0]
         # Filtered here too: the GCS emulator ignores the range and lists the bucket.
-        return sorted(k for k in (k.decode() for k in found) if k.startswith(prefix))
+        keys = sorted(k for k in (k.decode() for k in found) if k.startswith(prefix))
+        if not keys:
+            # tensorstore's gcs driver answers a listing it was refused (401, 403) with
+            # no keys: a read of one key says whether the listing was really empty.
+            probe = prefix or "inox_io-probe"
+            self._wait([self.store.read(probe)], [probe], "listing")
+        return keys
 
     def delete(self, keys: Iterable[str]) -> None:
         r"""Deletes each key (missing ones too)."""

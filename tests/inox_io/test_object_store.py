@@ -168,6 +168,56 @@ def test_wrong_credentials(root, monkeypatch):
         inox_io.load(url)
     with pytest.raises(PermissionError, match="access denied or no valid credentials"):
         inox_io.save(f"{root}/other.safetensors", model())
+    with pytest.raises(PermissionError, match=f"{root}/run.*: listing failed: access denied or no valid credentials"):
+        inox_io.CheckpointManager(f"{root}/run").all_steps()  # not "no steps"
+
+
+class DenyingServer:
+    r"""A GCS endpoint on 127.0.0.1 that answers every request as Google's does to a
+    token it does not accept (the emulator accepts any): 401, ``UNAUTHENTICATED``."""
+
+    def __init__(self):
+        import http.server
+        import json
+        import threading
+
+        body = json.dumps({"error": {"code": 401, "message": "Invalid Credentials", "status": "UNAUTHENTICATED"}}).encode()
+
+        class Deny(http.server.BaseHTTPRequestHandler):
+            def deny(self):
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = deny
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+        self.host = f"127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_wrong_credentials_on_gcs(monkeypatch):
+    denying = DenyingServer()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", denying.host)
+    try:
+        for url, call in [
+            (f"gs://{BUCKET}/model.safetensors", lambda url: inox_io.load(url)),
+            (f"gs://{BUCKET}/other.safetensors", lambda url: inox_io.save(url, model())),
+            (f"gs://{BUCKET}/run", lambda url: inox_io.CheckpointManager(url).all_steps()),
+        ]:
+            with pytest.raises(PermissionError, match=f"{re.escape(url)}: .* failed: access denied or no valid credentials"):
+                call(url)
+    finally:
+        denying.close()
 
 
 def test_other_schemes_are_refused(tmp_path, monkeypatch):
