@@ -26,6 +26,7 @@ from ..atomic import MAX_BUFFERS, AtomicFile, DurableFile, advance, open_regular
 from ..counting import ByteCounter
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import Manifest
+from ..storage import ranges as fetched
 from .boxes import local_boxes, span
 from .checksums import Checksums, ChunkedCrc, Piece, crc32
 from .interface import Reader, Target
@@ -278,6 +279,9 @@ class FileReader(Reader):
         #: The bytes a format stores right before an array (msgpack: its key), checked
         #: whenever the array is read.
         self.prefixes: Dict[str, bytes] = {}
+        #: Where the file is one of a checkpoint fetched from object storage in ranges,
+        #: what fetches the bytes about to be read (see :meth:`need`).
+        self.fetch = fetched.fetcher(self.path.parent)
         self.manifest, self.ranges = self.parse(memoryview(self.buffer))
         self.check_ranges()
 
@@ -287,6 +291,20 @@ class FileReader(Reader):
 
     def close(self) -> None:
         self.file.close()  # the map stays valid, for host arrays still in use
+
+    def need(self, spans: Iterable[Tuple[int, int]]) -> None:
+        r"""Makes sure byte spans :py:`(begin, end)` of the file are here before they are
+        read: a file of a checkpoint on object storage is fetched only where it is read
+        (:mod:`inox_io.storage.ranges`), every span of a call in one go."""
+
+        if self.fetch is not None:
+            self.fetch({self.path.name: spans})
+
+    def stored_span(self, key: str) -> Tuple[int, int]:
+        r"""The bytes of an array in the file, with those stored right before it."""
+
+        begin, end = self.ranges[key]
+        return begin - len(self.prefixes.get(key, b"")), end
 
     def fail(self, message: str, key: str | None = None):
         raise CheckpointError(self.path, message, key=key)
@@ -322,6 +340,12 @@ class FileReader(Reader):
         return memoryview(self.buffer)[begin - len(self.prefixes.get(key, b"")) : begin]
 
     def host(self, key: str) -> np.ndarray:
+        self.need([self.stored_span(key)])
+        return self.mapped(key)
+
+    def mapped(self, key: str) -> np.ndarray:
+        r"""An array as it lies in the memory map, its bytes fetched already."""
+
         self.check_prefix(key, self.mapped_prefix(key))
         info = self.manifest.arrays[key]
         begin, end = self.ranges[key]
@@ -333,6 +357,7 @@ class FileReader(Reader):
         r"""Whether an array's stored bytes match its checksum, and its chunk checksums
         (which a load of slices will trust) where it has them."""
 
+        self.need([self.stored_span(key)])
         self.check_prefix(key, self.mapped_prefix(key))
         info = self.manifest.arrays[key]
         begin, end = self.ranges[key]
@@ -343,33 +368,77 @@ class FileReader(Reader):
         crcs.add(data)
         return f"{crcs.whole():08x}" == info.crc32 and [f"{c:08x}" for c in crcs.chunks()] == info.chunk_crc32
 
-    def slices_match(self, key: str, target: Target) -> bool:
-        r"""Whether the bytes of an array that this process's slices of :py:`target`
-        need match their checksums: the chunks those slices overlap where the file
-        has chunk checksums and the array is placed as stored; else the whole array."""
+    def checks_slices(self, key: str, target: Target) -> bool:
+        r"""Whether a load onto :py:`target` (spanning processes) verifies only the
+        chunks its slices overlap: the file has chunk checksums, and the array is placed
+        as stored (a transform takes the whole array)."""
 
         info = self.manifest.arrays[key]
-        if info.chunk_crc32 is None or target.transform is not None and not info.key_impl:
-            SLICE_CHECKS.add(info.nbytes)
-            return self.intact(key)
-        self.check_prefix(key, self.mapped_prefix(key))
+        return info.chunk_crc32 is not None and (target.transform is None or bool(info.key_impl))
+
+    def slice_spans(self, key: str, target: Target) -> List[Tuple[int, int]]:
+        r"""The bytes of an array, from the file's start, that this process's slices of
+        :py:`target` lie within: from the first to the last element of each."""
+
+        info = self.manifest.arrays[key]
         whole, itemsize = tuple((0, n) for n in info.storage_shape), info.storage_dtype.itemsize
-        size, wanted = self.manifest.chunk_crc32_bytes, set()
+        begin, out = self.ranges[key][0], []
         for box in local_boxes(target.sharding, info.shape):
             box += whole[len(box) :]  # PRNG keys: the key data's trailing axes, whole
             if all(a < b for a, b in box):
-                first, end, _ = span(whole, box)  # a box's elements lie within these
-                wanted.update(range(first * itemsize // size, -(-end * itemsize // size)))
-        begin, data = self.ranges[key][0], memoryview(self.buffer)
-        for i in sorted(wanted):
-            chunk = data[begin + i * size : begin + min((i + 1) * size, info.nbytes)]
-            SLICE_CHECKS.add(len(chunk))
-            if f"{crc32(chunk):08x}" != info.chunk_crc32[i]:
+                first, end, _ = span(whole, box)
+                out.append((begin + first * itemsize, begin + end * itemsize))
+        return out
+
+    def slice_chunks(self, key: str, target: Target) -> List[int]:
+        r"""The chunks (by index) that this process's slices of :py:`target` overlap."""
+
+        begin, size = self.ranges[key][0], self.manifest.chunk_crc32_bytes
+        wanted = set()
+        for first, end in self.slice_spans(key, target):
+            wanted.update(range((first - begin) // size, -(-(end - begin) // size)))
+        return sorted(wanted)
+
+    def chunk_span(self, key: str, i: int) -> Tuple[int, int]:
+        begin, size = self.ranges[key][0], self.manifest.chunk_crc32_bytes
+        return begin + i * size, begin + min((i + 1) * size, self.manifest.arrays[key].nbytes)
+
+    def slices_match(self, key: str, target: Target) -> bool:
+        r"""Whether the bytes of an array that this process's slices of :py:`target`
+        need match their checksums: the chunks those slices overlap where the load
+        :meth:`checks_slices`; else the whole array."""
+
+        if not self.checks_slices(key, target):
+            SLICE_CHECKS.add(self.manifest.arrays[key].nbytes)
+            return self.intact(key)
+        self.check_prefix(key, self.mapped_prefix(key))
+        expected, data = self.manifest.arrays[key].chunk_crc32, memoryview(self.buffer)
+        for i in self.slice_chunks(key, target):
+            begin, end = self.chunk_span(key, i)
+            SLICE_CHECKS.add(end - begin)
+            if f"{crc32(data[begin:end]):08x}" != expected[i]:
                 return False
         return True
 
+    def spans_of_load(self, targets: Mapping[str, Target], spanning: Iterable[str], verify: bool) -> List[Tuple[int, int]]:
+        r"""Every byte span a load reads, announced at once (:meth:`need`)."""
+
+        out = [self.stored_span(key) for key in targets if key not in spanning]
+        for key in spanning:
+            target, info = targets[key], self.manifest.arrays[key]
+            if (verify and info.crc32 is not None and not self.checks_slices(key, target)) or (
+                target.transform is not None and not info.key_impl
+            ):
+                out.append(self.stored_span(key))  # read whole
+                continue
+            if verify and info.crc32 is not None:
+                out += [self.chunk_span(key, i) for i in self.slice_chunks(key, target)]
+            out += self.slice_spans(key, target)
+        return out
+
     def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:
         keys = list(self.manifest.arrays if keys is None else keys)
+        self.need([self.stored_span(key) for key in keys])
         problems = self.manifest.missing_checksums(keys)
         for key in keys:
             if self.manifest.arrays[key].crc32 is not None and not self.intact(key):
@@ -454,6 +523,7 @@ class FileReader(Reader):
             raise unchecked_error(self.path, list(missing))  # before anything is read
         # Arrays that span processes: each process reads only its own slices, from the map.
         spanning = {k for k, t in targets.items() if t.sharding is not None and not t.sharding.is_fully_addressable}
+        self.need(self.spans_of_load(targets, spanning, verify))
         out: Dict[str, Any] = {}
         with Checksums() as crcs:
             for keys in self.runs(k for k in targets if k not in spanning):
@@ -472,5 +542,5 @@ class FileReader(Reader):
         if problems:
             raise damage_error(self.path, problems)
         for key in spanning:
-            out[key] = place(*targets[key].apply(infos[key], self.host(key)), targets[key])
+            out[key] = place(*targets[key].apply(infos[key], self.mapped(key)), targets[key])
         return out

@@ -95,6 +95,9 @@ class SafetensorsFormat(Format):
 
     name, suffix, description = "safetensors", ".safetensors", "single safetensors files"
 
+    def reads_in_ranges(self, name: str) -> bool:
+        return name.endswith(self.suffix)  # a header, then only the arrays (or slices) read
+
     def matches(self, path: Path) -> bool:
         return path.suffix == ".safetensors"
 
@@ -128,11 +131,13 @@ class SafetensorsReader(FileReader):
     def parse(self, buffer: memoryview) -> Tuple[Manifest, Dict[str, Tuple[int, int]]]:
         if len(buffer) < 8:
             self.fail(f"{len(buffer)} bytes, too short for a safetensors header (truncated?)")
+        self.need([(0, 8)])
         (length,) = struct.unpack("<Q", buffer[:8])
         if length > MAX_HEADER_BYTES:
             self.fail(f"header length {length} exceeds the {MAX_HEADER_BYTES} bytes allowed")
         if 8 + length > len(buffer):
             self.fail(f"header length {length} exceeds the file size {len(buffer)} (truncated?)")
+        self.need([(8, 8 + length)])
         try:
             # Duplicates refused: the last would silently win, unlike in other readers.
             header = json.loads(bytes(buffer[8 : 8 + length]), object_pairs_hook=no_duplicate_keys)

@@ -255,9 +255,9 @@ def fetch(
 ) -> DeferredFiles:
     r"""Copies the committed files of :py:`url` (those whose path starts with
     :py:`part` only, if given) into :py:`folder`, with ranged requests, several in
-    flight. The files of a directory checkpoint whose name :py:`deferred` takes are
-    created at their size but not fetched: the returned :class:`~.ranges.DeferredFiles`
-    (names relative to the checkpoint) fetches their byte ranges when asked.
+    flight. The files whose name :py:`deferred` takes are created at their size but
+    not fetched: the returned :class:`~.ranges.DeferredFiles` (names relative to
+    :py:`folder`) fetches their byte ranges when asked.
 
     Raises:
         FileNotFoundError: if no checkpoint is committed at :py:`url`.
@@ -273,12 +273,14 @@ def fetch(
             raise FileNotFoundError(f"{url}: no such checkpoint (no commit record {url.key!r} in bucket {url.bucket})")
         generation, files, object_bytes = record
         wanted = sorted((n, s) for n, s in files.items() if part is None or n.startswith(part))
-        root = f"{url.name}/"  # a directory checkpoint's files: named under it
-        later = {n: s for n, s in wanted if n.startswith(root) and deferred(n.rsplit("/", 1)[-1])}
+        later = {n: s for n, s in wanted if deferred(n.rsplit("/", 1)[-1])}
         prefix = _data(url, generation)
         try:
             _create(folder, wanted)
-            _download(store, url, prefix, [(n, 0, s) for n, s in wanted if n not in later], object_bytes, folder)
+            # With the files fetched now, one byte of each left for later: that it is
+            # there says the generation still is, else the record is read again.
+            spans = [(n, 0, s) for n, s in wanted if n not in later] + [(n, 0, 1) for n, s in later.items() if s]
+            _download(store, url, prefix, spans, object_bytes, folder)
         except FileNotFoundError:
             again = committed(url)
             if attempt == _RETRIES or again is None or again[0] == generation:
@@ -287,13 +289,13 @@ def fetch(
 
         def fetch_later(spans: List[Tuple[str, int, int]]) -> None:
             try:
-                _download(store, url, prefix, [(root + n, b, e) for n, b, e in spans], object_bytes, folder)
+                _download(store, url, prefix, spans, object_bytes, folder)
             except FileNotFoundError:
                 raise CheckpointError(
                     url, f"generation {generation}: replaced by a newer save while it was read (or damaged); read it again"
                 ) from None
 
-        return DeferredFiles({n[len(root) :]: size for n, size in later.items()}, fetch_later)
+        return DeferredFiles(later, fetch_later)
     raise AssertionError("unreachable")
 
 

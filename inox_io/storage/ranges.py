@@ -1,22 +1,25 @@
 r"""Files of a checkpoint fetched from object storage only where they are read.
 
 A layout that reads its data files in byte ranges (the sharded directory: each
-process reads the shards it needs) declares which files those are; when such a
-checkpoint is fetched (:func:`inox_io.storage.reading`), they are left out: created
-at their size, sparse, and registered here. The layout's reader then calls
-:func:`ensure` with the byte ranges it is about to read, and only those are
+process reads the shards it needs; safetensors files: a header, then the arrays or
+slices wanted) declares which files those are; when such a checkpoint is fetched
+(:func:`inox_io.storage.reading`), they are left out: created at their size, sparse,
+and registered here. The layout's reader then calls :func:`ensure` (or the function
+:func:`fetcher` gives) with the byte ranges it is about to read, and only those are
 requested, several in flight, from the generation the checkpoint was fetched from.
 Anywhere else (a local checkpoint, a file fetched whole), :func:`ensure` does nothing.
 
 Example:
     >>> ensure(Path('ckpt'), {'shards-00000-of-00001.bin': [(0, 10)]})  # a local checkpoint
+    >>> fetcher(Path('ckpt')) is None
+    True
     >>> blocks([(0, 10), (BLOCK_BYTES - 1, BLOCK_BYTES + 1)])
     [0, 1]
 """
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "registered"]
+__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "fetcher", "registered"]
 
 import contextlib
 import itertools
@@ -87,11 +90,11 @@ _registry: Dict[str, DeferredFiles] = {}
 
 
 @contextlib.contextmanager
-def registered(checkpoint: Path, files: DeferredFiles) -> Iterator[None]:
-    r"""Makes :py:`files` (names relative to the local :py:`checkpoint`) what
-    :func:`ensure` fetches, for the duration of the block."""
+def registered(folder: Path, files: DeferredFiles) -> Iterator[None]:
+    r"""Makes :py:`files` (names relative to the local :py:`folder` a checkpoint was
+    fetched into) what :func:`ensure` fetches, for the duration of the block."""
 
-    key = os.fspath(Path(checkpoint).absolute())
+    key = os.fspath(Path(folder).absolute())
     with _lock:
         _registry[key] = files
     try:
@@ -101,16 +104,26 @@ def registered(checkpoint: Path, files: DeferredFiles) -> Iterator[None]:
             _registry.pop(key, None)
 
 
+def fetcher(checkpoint: Path) -> Callable[[Mapping[str, Spans]], None] | None:
+    r"""What fetches byte spans :py:`(begin, end)` of the files of :py:`checkpoint` (a
+    folder; by name, relative to it) where it is (or lies in) a fetched checkpoint with
+    deferred files; :py:`None` otherwise (nothing to fetch, ever): a reader asks once."""
+
+    path = Path(checkpoint).absolute()
+    with _lock:
+        found = next(((root, _registry[os.fspath(root)]) for root in (path, *path.parents) if os.fspath(root) in _registry), None)
+    if found is None:
+        return None
+    root, files = found
+    inside = path.relative_to(root)
+    return lambda spans: files.ensure({os.fspath(inside / name): list(s) for name, s in spans.items()})
+
+
 def ensure(checkpoint: Path, spans: Mapping[str, Spans]) -> None:
     r"""Makes sure the byte spans :py:`(begin, end)` of the files of :py:`checkpoint`
     (by name, relative to it) are on the local disk: fetches those of a checkpoint
     fetched with deferred files, does nothing otherwise."""
 
-    path = Path(checkpoint).absolute()
-    with _lock:
-        # The checkpoint fetched, or one inside it (an item of a manager's step).
-        found = next(((root, _registry[os.fspath(root)]) for root in (path, *path.parents) if os.fspath(root) in _registry), None)
-    if found is not None:
-        root, files = found
-        inside = path.relative_to(root)
-        files.ensure({os.fspath(inside / name): list(s) for name, s in spans.items()})
+    fetch = fetcher(checkpoint)
+    if fetch is not None:
+        fetch(spans)

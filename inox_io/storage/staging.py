@@ -118,8 +118,8 @@ def reading(
     directory, only the files whose path in it starts with :py:`part`, if given: an
     item of a manager's step and the shards beside it).
 
-    The files of a directory whose name :py:`in_ranges` takes (a layout's data files,
-    which its reader reads in byte ranges) are fetched only where the reader asks
+    The files whose name :py:`in_ranges` takes (a layout's data files, which its reader
+    reads in byte ranges) are fetched only where the reader asks
     (:func:`.ranges.ensure`): each process gets the bytes it reads.
 
     Raises:
@@ -133,5 +133,5 @@ def reading(
     with staging_folder() as folder:
         deferred = commit.fetch(where, folder, None if part is None else f"{where.name}/{part}", in_ranges)
         local = folder / where.name
-        with _named(local, where), ranges.registered(local, deferred):
+        with _named(local, where), ranges.registered(folder, deferred):
             yield local

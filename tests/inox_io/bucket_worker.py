@@ -13,7 +13,8 @@ of the job. On the first ROOT, the worker checks, on every process:
   mesh, and whole on one device, ties kept; the record names both processes' files;
 * a replacement; then failures on process 1 (its upload, its shards' writer): every
   process fails, the replaced checkpoint stays, no generation is left behind;
-* a single file written by process 0 alone, loaded by both onto the global sharding;
+* a single file written by process 0 alone, loaded by both onto the global sharding,
+  each fetching only the byte ranges of its own slices of a large array;
 * the orbax layout, refused alike on every process;
 * a CheckpointManager on the bucket: async steps with retention, a restore onto another
   mesh, a step failing on process 1 that leaves the others.
@@ -124,6 +125,20 @@ def main(process_id: int, processes: int, port: int, roots: list) -> None:
         inox_io.save(file, local)
     distributed.barrier("file")
     check(inox_io.load(file, local, shardings=choose), expected, fully_addressable=False)
+    # A 4 MiB array in rows over the job's devices: each process fetches (and checks)
+    # its own half, rounded out to 1 MiB blocks, and the header's block.
+    from inox_io.storage.ranges import FETCHED
+
+    big, big_file = np.arange(2**20, dtype=np.float32).reshape(1024, 1024), f"{root}/big.safetensors"
+    if process_id == 0:
+        inox_io.save(big_file, {"w": big})
+    distributed.barrier("big file")
+    before = FETCHED.value
+    rows = {"w": jax.ShapeDtypeStruct(big.shape, big.dtype, sharding=NamedSharding(mesh, P("x", None)))}
+    loaded = inox_io.load(big_file, rows)["w"]
+    assert big.nbytes // processes <= FETCHED.value - before <= big.nbytes // processes + 2 * 2**20, FETCHED.value - before
+    for shard in loaded.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), big[shard.index])
 
     with pytest.raises(NotImplementedError, match="orbax layout needs a folder every process sees"):
         inox_io.save(f"{root}/orbax", model, format="orbax")
