@@ -431,9 +431,10 @@ class FileReader(Reader):
             ):
                 out.append(self.stored_span(key))  # read whole
                 continue
-            if verify and info.crc32 is not None:
+            if verify and info.crc32 is not None:  # the chunks verified hold the slices
                 out += [self.chunk_span(key, i) for i in self.slice_chunks(key, target)]
-            out += self.slice_spans(key, target)
+            else:
+                out += self.slice_spans(key, target)
         return out
 
     def verify(self, keys: Iterable[str] | None = None) -> Dict[str, str]:

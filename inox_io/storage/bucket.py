@@ -43,7 +43,30 @@ def spec(url: ObjectURL, environ: Mapping[str, str]) -> Dict[str, Any]:
             region = region or "us-east-1"
         if region:
             out["aws_region"] = region
+        credentials = _shared_credentials(environ)
+        if credentials is not None:
+            out["context"] = {"aws_credentials": credentials}
     return out
+
+
+def _shared_credentials(environ: Mapping[str, str]) -> Dict[str, str] | None:
+    r"""The profile of the AWS shared credentials file to sign with, where the
+    environment holds no keys and the file exists (``AWS_SHARED_CREDENTIALS_FILE``, else
+    ``~/.aws/credentials``; profile ``AWS_PROFILE``, else ``default``), as boto3 and the
+    AWS CLI choose it: tensorstore's default chain does not read the file itself.
+
+    Example:
+        >>> _shared_credentials({'AWS_ACCESS_KEY_ID': 'AKIA...', 'AWS_PROFILE': 'p'}) is None
+        True
+    """
+
+    home = environ.get("HOME", "")
+    path = environ.get("AWS_SHARED_CREDENTIALS_FILE") or (home and os.path.join(home, ".aws", "credentials"))
+    if environ.get("AWS_ACCESS_KEY_ID") or not path or not os.path.isfile(path):
+        return None
+    config = environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
+    # config_file too: without it, tensorstore fails to create the provider.
+    return {"type": "profile", "profile": environ.get("AWS_PROFILE") or "default", "credentials_file": path, "config_file": config}
 
 
 def _gcs_emulator(environ: os._Environ) -> None:
@@ -161,6 +184,12 @@ class Bucket:
         return self._ts.KvStore.KeyRange(prefix, end)
 
 
+#: The variables that say which credentials (or server) a bucket is opened with,
+#: besides what :func:`spec` holds: tensorstore reads them itself, when it opens one.
+_CONFIGURATION = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
+)  # fmt: skip
+
 _buckets: Dict[Tuple[str, str, str], Bucket] = {}
 _lock = threading.Lock()
 
@@ -168,7 +197,9 @@ _lock = threading.Lock()
 def bucket(url: ObjectURL) -> Bucket:
     r"""The :class:`Bucket` of :py:`url`, opened once per configuration."""
 
-    key = (url.scheme, url.bucket, repr(sorted(spec(url, os.environ).items())) + os.environ.get("STORAGE_EMULATOR_HOST", ""))
+    # Opened again where the environment now says other credentials or servers.
+    chosen = [os.environ.get(name, "") for name in _CONFIGURATION]
+    key = (url.scheme, url.bucket, repr(sorted(spec(url, os.environ).items())) + repr(chosen))
     with _lock:
         if key not in _buckets:
             _buckets[key] = Bucket(url)

@@ -172,6 +172,44 @@ def test_wrong_credentials(root, monkeypatch):
         inox_io.CheckpointManager(f"{root}/run").all_steps()  # not "no steps"
 
 
+def test_credentials_from_the_shared_credentials_file(root, servers, tmp_path, monkeypatch):
+    r"""With moto checking keys, those of a user it knows, given only in an AWS shared
+    credentials file (``AWS_SHARED_CREDENTIALS_FILE``, profile ``AWS_PROFILE``), as
+    boto3 and the AWS CLI read them: a load succeeds; a profile with keys moto does not
+    know is refused. (Saved before moto checks keys: it refuses the signature of
+    tensorstore's prefix listings, which a save makes, whatever the keys.)"""
+
+    import boto3
+    from moto import settings
+
+    iam = boto3.client(
+        "iam", endpoint_url=servers.s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )  # fmt: skip
+    iam.create_user(UserName="trainer")
+    document = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+    policy = iam.create_policy(PolicyName="checkpoints", PolicyDocument=document)["Policy"]["Arn"]
+    iam.attach_user_policy(UserName="trainer", PolicyArn=policy)
+    keys = iam.create_access_key(UserName="trainer")["AccessKey"]
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[trainer]\naws_access_key_id = {keys['AccessKeyId']}\naws_secret_access_key = {keys['SecretAccessKey']}\n"
+        "[stranger]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wrong\n"
+    )
+    url = f"{root}/model.safetensors"
+    inox_io.save(url, model(3))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "trainer")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys from now on
+    assert_same(inox_io.load(url, model()), model(3))
+
+    monkeypatch.setenv("AWS_PROFILE", "stranger")
+    with pytest.raises(PermissionError, match="access denied or no valid credentials"):
+        inox_io.load(url, model())
+
+
 class DenyingServer:
     r"""A GCS endpoint on 127.0.0.1 that answers every request as Google's does to a
     token it does not accept (the emulator accepts any): 401, ``UNAUTHENTICATED``."""
