@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest
-from .interface import Format
-from .payload import FileReader, write_payload_file
+from .payload import FileFormat, FileReader, write_payload_file
 
 ARRAYS = "arrays"
 
@@ -47,7 +46,7 @@ def encode_header(manifest: Manifest) -> bytes:
     )
 
 
-class MsgpackFormat(Format):
+class MsgpackFormat(FileFormat):
     r"""``*.msgpack`` files."""
 
     name, suffix, description = "msgpack", ".msgpack", "single msgpack files"
@@ -143,6 +142,7 @@ class MsgpackReader(FileReader):
     def take(self, n: int) -> bytes:
         if self.offset + n > len(self.data):
             self.fail(f"unexpected end of file at byte {self.offset} (truncated?)")
+        self.need([(self.offset, self.offset + n)])
         chunk = bytes(self.data[self.offset : self.offset + n])
         self.offset += n
         return chunk

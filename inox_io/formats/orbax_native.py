@@ -65,7 +65,7 @@ from ..errors import CheckpointError
 from ..manifest import ArrayInfo, Manifest, shape_problem
 from .directory_commit import MANIFEST
 from .interface import Format
-from .orbax_dir import OrbaxReader, orbax_name, reason
+from .orbax_dir import OrbaxReader, reason
 
 #: The entry of :attr:`Manifest.libraries` naming the writer of such a directory.
 WRITER = "orbax"

@@ -10,7 +10,7 @@ background.
 
 from __future__ import annotations
 
-__all__ = ["FileReader", "SLICE_CHECKS", "aligned_empty", "preadv_all", "write_payload_file"]
+__all__ = ["FileFormat", "FileReader", "SLICE_CHECKS", "aligned_empty", "preadv_all", "write_payload_file"]
 
 import abc
 import concurrent.futures
@@ -29,7 +29,7 @@ from ..manifest import Manifest
 from ..storage import ranges as fetched
 from .boxes import local_boxes, span
 from .checksums import Checksums, ChunkedCrc, Piece, crc32
-from .interface import Reader, Target
+from .interface import Format, Reader, Target
 from .transfer import host_bytes, place, place_all
 
 #: Bytes per write call and per checksum job: large enough that a call's cost is
@@ -253,6 +253,14 @@ def preadv_all(fd: int, views: List[memoryview], offset: int) -> int:
         total, offset = total + n, offset + n
         views = advance(views, n)
     return total
+
+
+class FileFormat(Format):
+    r"""A single-file layout: read with a :class:`FileReader`, which reads a head, then
+    only the arrays (or slices) a load asks for: on object storage, fetched in ranges."""
+
+    def reads_in_ranges(self, name: str) -> bool:
+        return name.endswith(self.suffix)
 
 
 class FileReader(Reader):

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, misplaced_manifest, no_duplicate_keys, shape_problem
-from .interface import Format
-from .payload import FileReader, write_payload_file
+from .payload import FileFormat, FileReader, write_payload_file
 
 #: Manifest dtype name -> safetensors dtype name.
 SAFETENSORS_DTYPES = {
@@ -90,13 +89,10 @@ def encode_header(manifest: Manifest, ranges: Mapping[str, Tuple[int, int]], ext
     return struct.pack("<Q", len(data)) + data
 
 
-class SafetensorsFormat(Format):
+class SafetensorsFormat(FileFormat):
     r"""``*.safetensors`` files."""
 
     name, suffix, description = "safetensors", ".safetensors", "single safetensors files"
-
-    def reads_in_ranges(self, name: str) -> bool:
-        return name.endswith(self.suffix)  # a header, then only the arrays (or slices) read
 
     def matches(self, path: Path) -> bool:
         return path.suffix == ".safetensors"
