@@ -4,7 +4,9 @@ random moments, at least 10 times per layout; every time, the URL must load as o
 complete checkpoint, old or new, never mixed, and only generations of killed saves
 may lie beside the committed one, which the next save removes.
 
-The savers are forked by the zygote of ``test_reliability_crash.py`` (``crash_worker.py``)."""
+The savers are forked by the zygote of ``test_reliability_crash.py`` (``crash_worker.py``).
+Jobs of two processes saving the sharded layout together (``bucket_saver_worker.py``)
+are killed whole, as a preemption kills a job, with the same checks."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import signal
 import time
 import zlib
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -29,6 +32,7 @@ from inox_io.storage import locate
 from inox_io.storage.bucket import bucket
 from inox_io.storage.commit import DATA_SUFFIX, committed
 from object_servers import BUCKET, serving
+from processes import Job
 from test_reliability_crash import Zygote
 
 KILLS = 6  #: per layout and scheme (12 per layout): half at random, half inside a save
@@ -101,5 +105,46 @@ def test_kill_during_save_to_bucket(zygote, scheme, layout):
 
     # The next save, in a live process, removes what the killed ones left.
     inox_io.save(url, make_tree(seen[-1] + 1), overwrite=True, metadata={"generation": "0"}, format=fmt)
+    assert generations(url) == {committed(locate(url))[0]}
+    assert generation_of(inox_io.load(url, like)) == seen[-1] + 1
+
+
+JOB_WORKER = Path(__file__).with_name("bucket_saver_worker.py")
+#: Kills of a job of two processes per scheme: one after a random delay, one inside a
+#: save, in turn (each job starts anew: ~5 s); 10 per scheme with --slow.
+JOB_KILLS, JOB_KILLS_SLOW = 2, 10
+JOB_MAX_DELAY = 1.0  #: s after the job is up; a save of the tree takes ~0.1 s
+
+
+@pytest.mark.parametrize(
+    "scheme, kills",
+    [("s3", JOB_KILLS), pytest.param("s3", JOB_KILLS_SLOW, marks=pytest.mark.slow), pytest.param("gs", JOB_KILLS_SLOW, marks=pytest.mark.slow)],
+)
+def test_kill_a_job_of_two_processes_saving_to_a_bucket(zygote, tmp_path, scheme, kills):
+    url = f"{scheme}://{BUCKET}/crash-job-{kills}/ckpt"
+    rng = random.Random(zlib.crc32(url.encode()))
+    like = make_tree(0)
+    inox_io.save(url, make_tree(1), overwrite=True, metadata={"generation": "1"})
+    seen, interrupted = [1], 0
+    for i in range(kills):
+        job = Job(JOB_WORKER, 2, [url, seen[-1] + 1], tmp_path / "logs", devices=2, name=f"saver{i}", env={"INOX_IO_TIMEOUT_S": "60"})
+        try:
+            assert job.wait_for("ready", 120), f"the job did not start:\n{job.report()}"
+            if i % 2:  # inside a save: once a generation of its own is in the bucket
+                deadline = time.monotonic() + 60
+                while len(generations(url)) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            else:
+                time.sleep(rng.uniform(0, JOB_MAX_DELAY))
+        finally:
+            job.kill()  # both processes, SIGKILL
+        g = generation_of(inox_io.load(url, like))  # all arrays agree, tie intact
+        assert inox_io.inspect(url).metadata == {"generation": str(g)}
+        assert g >= seen[-1], f"generation {g} after {seen[-1]}: an older checkpoint came back"
+        interrupted += len(generations(url)) > 1
+        seen.append(g)
+    assert interrupted > 0, seen  # not vacuous: kills landed inside saves
+
+    inox_io.save(url, make_tree(seen[-1] + 1), overwrite=True, metadata={"generation": "0"})
     assert generations(url) == {committed(locate(url))[0]}
     assert generation_of(inox_io.load(url, like)) == seen[-1] + 1
