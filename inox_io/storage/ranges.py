@@ -1,8 +1,8 @@
 r"""Files of a checkpoint fetched from object storage only where they are read.
 
 A layout that reads its data files in byte ranges (the sharded directory: each
-process reads the shards it needs; safetensors files: a header, then the arrays or
-slices wanted) declares which files those are; when such a checkpoint is fetched
+process reads the shards it needs; single files: a head, then the arrays or slices
+wanted) declares which files those are; when such a checkpoint is fetched
 (:func:`inox_io.storage.reading`), they are left out: created at their size, sparse,
 and registered here. The layout's reader then calls :func:`ensure` (or the function
 :func:`fetcher` gives) with the byte ranges it is about to read, and only those are
