@@ -48,6 +48,7 @@ import jax
 from ..atomic import NAME_MAX, TEMP_PREFIX, AtomicFile, fsync_directory, read_regular, replaced, save_error, save_guard, write_all
 from ..errors import CheckpointError
 from ..manifest import FORMAT, MAX_MANIFEST_BYTES, Manifest, misplaced_manifest
+from ..storage import ranges
 from .interface import Format, Reader, Target
 from .payload import write_payload_file
 from .safetensors_file import SAFETENSORS_DTYPES, SafetensorsReader, foreign_manifest, header_entry
@@ -239,7 +240,11 @@ class IndexReader(Reader):
         index, self.status = _read_index(self.path)
         weight_map: Dict[str, str] = index["weight_map"]
 
-        for shard in dict.fromkeys(weight_map.values()):
+        shards = list(dict.fromkeys(weight_map.values()))
+        # Where the shards are fetched from object storage in ranges: the blocks their
+        # headers start in, all at once, rather than one shard's after another's.
+        ranges.ensure(self.path.parent, {shard: [(0, 8)] for shard in shards})
+        for shard in shards:
             try:
                 self.shards[shard] = SafetensorsReader(self.path.parent / shard)
             except FileNotFoundError:

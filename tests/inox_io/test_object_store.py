@@ -418,3 +418,18 @@ def test_a_single_file_load_fetches_only_the_bytes_it_reads(root, scheme, name):
     before = FETCHED.value
     inox_io.verify(url)
     assert FETCHED.value - before == size  # never a block twice
+
+
+def test_an_index_fetches_its_shards_headers_at_once(root, monkeypatch):
+    r"""Opening an index on a bucket fetches the header blocks of all its shards in one
+    batch of requests, not one shard after another (a round trip each)."""
+
+    from inox_io.storage.bucket import Bucket
+
+    url = f"{root}/model.safetensors.index.json"
+    inox_io.save(url, {"a": np.ones(2**18, np.float32), "b": np.ones(2**18, np.float32), "c": np.ones(2**18, np.float32)}, max_shard_size=2**20)
+    assert sum(name.endswith(".safetensors") for name in committed(locate(url))[1]) == 3
+    get_ranges, batches = Bucket.get_ranges, []
+    monkeypatch.setattr(Bucket, "get_ranges", lambda self, ranges: batches.append(ranges) or get_ranges(self, ranges))
+    assert sorted(inox_io.inspect(url).arrays) == ["['a']", "['b']", "['c']"]
+    assert len(batches) == 2, batches  # the index (and a byte of each shard), then the headers
