@@ -344,8 +344,7 @@ class FileReader(Reader):
             )
 
     def mapped_prefix(self, key: str) -> memoryview:
-        begin = self.ranges[key][0]
-        return memoryview(self.buffer)[begin - len(self.prefixes.get(key, b"")) : begin]
+        return memoryview(self.buffer)[self.stored_span(key)[0] : self.ranges[key][0]]
 
     def host(self, key: str) -> np.ndarray:
         self.need([self.stored_span(key)])

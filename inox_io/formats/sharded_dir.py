@@ -55,7 +55,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 from ..atomic import MAX_BUFFERS, MAX_REPLACEMENTS, again_if_replaced, open_regular, read_regular, replaced
 from ..counting import ByteCounter
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error
-from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
+from ..manifest import CHUNK_CRC_BYTES, MAX_MANIFEST_BYTES, ArrayInfo, Manifest, no_duplicate_keys
 from ..storage import ranges
 from .boxes import Box, box_of, distinct_shards, extents, intersection, local_boxes, span, sub_view
 from .checksums import Checksums, crc32_combine
@@ -67,9 +67,10 @@ from .transfer import host_bytes, place_all
 #: The value of the manifest's ``layout`` field in this layout (absent: orbax's).
 LAYOUT = "sharded"
 
-#: Bytes per checksum inside a shard: a load verifies whole chunks, so it reads at most
-#: one chunk more at each end of the bytes it needs from a shard.
-CHUNK_BYTES = 2**20
+#: Bytes per checksum inside a shard, the same as the chunk checksums of arrays stored
+#: whole: a load verifies whole chunks, so it reads at most one chunk more at each end
+#: of the bytes it needs from a shard.
+CHUNK_BYTES = CHUNK_CRC_BYTES
 
 #: The most shards one array may have in a manifest (checking that they tile the array
 #: compares them pairwise).
@@ -77,7 +78,6 @@ MAX_SHARDS = 2**14
 
 FILE_NAME = re.compile(r"shards-(\d{5})-of-(\d{5})\.bin")
 HEX = re.compile(r"[0-9a-f]{8}")
-
 
 
 def file_name(process: int, count: int) -> str:

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
 
 from ..counting import ByteCounter
+from ..manifest import CHUNK_CRC_BYTES
 
-#: The unit fetched: ranges are rounded out to whole blocks (the sharded layout's
-#: checksummed chunks are 1 MiB, and read whole when verified).
-BLOCK_BYTES = 1 << 20
+#: The unit fetched: ranges are rounded out to whole blocks, the checksummed chunks,
+#: which are read whole when verified.
+BLOCK_BYTES = CHUNK_CRC_BYTES
 
 Spans = Iterable[Tuple[int, int]]
 
