@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
 
 from ..counting import ByteCounter
-from ..manifest import CHUNK_CRC_BYTES
 
-#: The unit fetched: ranges are rounded out to whole blocks, the checksummed chunks,
-#: which are read whole when verified.
-BLOCK_BYTES = CHUNK_CRC_BYTES
+#: The unit fetched: ranges are rounded out to whole blocks, the checksummed chunks
+#: (``manifest.CHUNK_CRC_BYTES``, not imported: the command line's help reaches this
+#: module and must not import JAX), which are read whole when verified.
+BLOCK_BYTES = 1 << 20
 
 Spans = Iterable[Tuple[int, int]]
 
