@@ -246,7 +246,9 @@ def test_no_host_copy_of_sharded_arrays_is_kept(tmp_path):
     on the array: a save (and a verified load) that used it would double the memory of
     the model for as long as it lives. Counted in resident memory, in a fresh process
     (a long-lived one's heap holds on to freed pages): a 64 MiB array saved and loaded
-    back leaves at most the loaded array behind, in every format."""
+    back leaves at most the loaded array behind, in every format. The bound is half the
+    array: a second copy (64 MiB) breaks it, while the working set that orbax's
+    tensorstore keeps after a read (8-17 MB, varying from machine to machine) does not."""
 
     import subprocess
     import sys
@@ -257,6 +259,6 @@ def test_no_host_copy_of_sharded_arrays_is_kept(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     for line in out.stdout.splitlines():
         name, saved, loaded = line.split()
-        assert int(saved) < 16e6, f"{name}: the save kept a host copy of the array ({int(saved)} bytes)"
-        assert int(loaded) < 16e6, f"{name}: the load kept a second copy of the array ({int(loaded)} bytes)"
+        assert int(saved) < 32e6, f"{name}: the save kept a host copy of the array ({int(saved)} bytes)"
+        assert int(loaded) < 32e6, f"{name}: the load kept a second copy of the array ({int(loaded)} bytes)"
     assert len(out.stdout.splitlines()) == 3, out.stdout
