@@ -183,13 +183,7 @@ class OrbaxDirectoryFormat(Format):
     ) -> None:
         # No place for extra metadata: the manifest holds what it repeats.
         path = Path(path).absolute()
-        if jax.process_count() > 1 and distributed.in_own_folders():  # on every process alike
-            # Orbax's finalization on process 0 merges files that every process wrote
-            # into one folder: it needs a folder they all see.
-            raise NotImplementedError(
-                f"{path}: the orbax layout needs a folder every process sees, not one per process; from several "
-                "processes, save to object storage in the sharded layout (the default for a directory), or to a shared file system"
-            )
+        own_folders = jax.process_count() > 1 and distributed.in_own_folders()  # on every process alike
         # A checksum needs the whole array: only a save in one process holds them all.
         # Across processes, each holds some shards only, and gathering them would defeat
         # this format's purpose: no checksums (null) there.
@@ -210,7 +204,7 @@ class OrbaxDirectoryFormat(Format):
                 # Checksummed in a thread (crc32 releases the GIL) while orbax writes.
                 crcs = pool.submit(checksums, manifest, arrays) if single else None
                 if items:
-                    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=runtime_barriers())
+                    checkpointer = orbax_checkpointer(own_folders)
                     try:
                         # Collective: each process writes its own shards; orbax waits for all.
                         # Orbax reports no progress: the files growing in the temporary do
@@ -223,6 +217,8 @@ class OrbaxDirectoryFormat(Format):
                             shielded(lambda: checkpointer.save(temp / ARRAYS, args=save))
                     finally:
                         checkpointer.close()
+                    if own_folders and not distributed.is_primary():
+                        drop_metadata_copies(temp / ARRAYS)
                 if crcs is not None:
                     for key, value in crcs.result().items():
                         manifest.arrays[key].crc32 = value
@@ -252,18 +248,62 @@ def shielded(write: Callable[[], Any]) -> None:
     future.result()
 
 
-def runtime_barriers() -> Any:
-    r"""Orbax options that make its barriers those of the distributed runtime, not
-    device collectives, which would deadlock against the training loop's own when a
-    save runs in a background thread."""
+def orbax_checkpointer(own_folders: bool) -> Any:
+    r"""Orbax's checkpointer for a save from every process, into one folder they all
+    see or, :py:`own_folders`, into a staging folder of each process's own that is
+    uploaded afterwards (object storage).
+
+    Orbax's barriers are those of the distributed runtime, not device collectives,
+    which would deadlock against the training loop's own when a save runs in a
+    background thread.
+
+    In folders of their own, OCDBT cannot be used: orbax's process 0 ends a save by
+    merging the per-process databases of every process, which it must see. Each array
+    is then a zarr folder of chunk files, each written by the one process that holds
+    its shard, which plain orbax reads as well; every process acts as orbax's primary
+    (makes its folders, writes the tree's metadata, writes in place rather than into
+    a temporary that process 0 alone would rename), and the copies of the metadata on
+    the other processes are dropped (:func:`drop_metadata_copies`)."""
 
     import orbax.checkpoint as ocp
 
     if jax.process_count() == 1:
-        return ocp.options.MultiprocessingOptions()
-    return ocp.options.MultiprocessingOptions(
-        active_processes=set(range(jax.process_count())), barrier_sync_key_prefix=distributed.name("orbax")
-    )
+        return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    everyone = set(range(jax.process_count()))
+    prefix = distributed.name("orbax")
+    if not own_folders:
+        options = ocp.options.MultiprocessingOptions(active_processes=everyone, barrier_sync_key_prefix=prefix)
+        return ocp.Checkpointer(ocp.StandardCheckpointHandler(multiprocessing_options=options), multiprocessing_options=options)
+    options = ocp.options.MultiprocessingOptions(active_processes=everyone, barrier_sync_key_prefix=prefix, primary_host=None)
+    handler = ocp.StandardCheckpointHandler(use_ocdbt=False, multiprocessing_options=options)
+    in_place = ocp.path.atomicity.CommitFileTemporaryPath
+    return ocp.Checkpointer(handler, multiprocessing_options=options, temporary_path_class=in_place)
+
+
+#: Files that orbax writes on each of its primaries, alike on every process (the
+#: tree's metadata, each zarr array's, the checkpoint's): process 0's copy is kept.
+ORBAX_METADATA_FILES = frozenset({"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "commit_success.txt", ".zarray", ".zattrs", "zarr.json"})
+
+
+def drop_metadata_copies(arrays: Path) -> None:
+    r"""Removes, from a process's own folder of an orbax save, the metadata that
+    process 0's holds too (:data:`ORBAX_METADATA_FILES`), so that every file of the
+    checkpoint has one writer; its chunk files stay.
+
+    Example:
+        >>> import tempfile
+        >>> arrays = Path(tempfile.mkdtemp())
+        >>> (arrays / 'w').mkdir()
+        >>> for name in ('_METADATA', 'w/.zarray', 'w/1.0'):
+        ...     _ = (arrays / name).write_text('')
+        >>> drop_metadata_copies(arrays)
+        >>> sorted(str(p.relative_to(arrays)) for p in arrays.rglob('*') if p.is_file())
+        ['w/1.0']
+    """
+
+    for file in list(arrays.rglob("*")):
+        if file.name in ORBAX_METADATA_FILES and file.is_file():
+            file.unlink()
 
 
 #: Tensorstore's status codes that report a storage failure, and the errno they stand

@@ -24,7 +24,7 @@ ENV = {"INOX_IO_TIMEOUT_S": "60"}  # a process that waits for a dead one fails, 
 
 
 def test_two_processes_save_and_restore_on_buckets(tmp_path):
-    # Every check on S3; the sharded round trip on GCS too.
+    # Every check on S3; the round trips of the sharded and orbax layouts on GCS too.
     roots = [f"s3://{BUCKET}/processes", f"gs://{BUCKET}/processes"]
     with serving():  # its environment reaches the processes
         job = Job(WORKER, 2, roots, tmp_path / "logs", devices=2, name="bucket", env=ENV)
