@@ -2,12 +2,12 @@ r"""One process of a job of two saving to a bucket in a loop, until it is killed
 (``test_object_store_crash.py`` kills the whole job, as a preemption does).
 
 Usage:
-    python bucket_saver_worker.py PROCESS_ID NUM_PROCESSES PORT URL FIRST_GENERATION
+    python bucket_saver_worker.py PROCESS_ID NUM_PROCESSES PORT URL FIRST_GENERATION LAYOUT
 
 The state is :func:`crash_worker.make_tree` of each generation in turn (a tie, five
 dtypes), its arrays global: split over the job's devices where they divide, replicated
-otherwise. Each save replaces the last, in the sharded layout, every process uploading
-its own shards. Each process prints ``ready`` once the job is up; process 0
+otherwise. Each save replaces the last, in LAYOUT (``sharded`` or ``orbax``), every
+process uploading its own shards. Each process prints ``ready`` once the job is up; process 0
 ``saved <g>`` after each save.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def main(process_id: int, processes: int, port: int, url: str, first: int) -> None:
+def main(process_id: int, processes: int, port: int, url: str, first: int, layout: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_enable_x64", True)  # the tree's int64 array, exact
     jax.distributed.initialize(
@@ -46,11 +46,12 @@ def main(process_id: int, processes: int, port: int, url: str, first: int) -> No
     print("ready", flush=True)
     generation = first
     while True:
-        inox_io.save(url, jax.tree.map(place, make_tree(generation)), overwrite=True, metadata={"generation": str(generation)})
+        state = jax.tree.map(place, make_tree(generation))
+        inox_io.save(url, state, overwrite=True, metadata={"generation": str(generation)}, format=layout)
         if process_id == 0:
             print(f"saved {generation}", flush=True)
         generation += 1
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6])

@@ -5,8 +5,8 @@ complete checkpoint, old or new, never mixed, and only generations of killed sav
 may lie beside the committed one, which the next save removes.
 
 The savers are forked by the zygote of ``test_reliability_crash.py`` (``crash_worker.py``).
-Jobs of two processes saving the sharded layout together (``bucket_saver_worker.py``)
-are killed whole, as a preemption kills a job, with the same checks."""
+Jobs of two processes saving the sharded or the orbax layout together
+(``bucket_saver_worker.py``) are killed whole, as a preemption kills a job, with the same checks."""
 
 from __future__ import annotations
 
@@ -116,18 +116,19 @@ JOB_KILLS, JOB_KILLS_SLOW = 2, 10
 JOB_MAX_DELAY = 1.0  #: s after the job is up; a save of the tree takes ~0.1 s
 
 
+@pytest.mark.parametrize("layout", ["sharded", "orbax"])
 @pytest.mark.parametrize(
     "scheme, kills",
     [("s3", JOB_KILLS), pytest.param("s3", JOB_KILLS_SLOW, marks=pytest.mark.slow), pytest.param("gs", JOB_KILLS_SLOW, marks=pytest.mark.slow)],
 )
-def test_kill_a_job_of_two_processes_saving_to_a_bucket(zygote, tmp_path, scheme, kills):
-    url = f"{scheme}://{BUCKET}/crash-job-{kills}/ckpt"
+def test_kill_a_job_of_two_processes_saving_to_a_bucket(zygote, tmp_path, scheme, kills, layout):
+    url = f"{scheme}://{BUCKET}/crash-job-{kills}-{layout}/ckpt"
     rng = random.Random(zlib.crc32(url.encode()))
     like = make_tree(0)
-    inox_io.save(url, make_tree(1), overwrite=True, metadata={"generation": "1"})
+    inox_io.save(url, make_tree(1), overwrite=True, metadata={"generation": "1"}, format=layout)
     seen, interrupted = [1], 0
     for i in range(kills):
-        job = Job(JOB_WORKER, 2, [url, seen[-1] + 1], tmp_path / "logs", devices=2, name=f"saver{i}", env={"INOX_IO_TIMEOUT_S": "60"})
+        job = Job(JOB_WORKER, 2, [url, seen[-1] + 1, layout], tmp_path / "logs", devices=2, name=f"saver{i}", env={"INOX_IO_TIMEOUT_S": "60"})
         try:
             assert job.wait_for("ready", 120), f"the job did not start:\n{job.report()}"
             if i % 2:  # inside a save: once a generation of its own is in the bucket
@@ -145,6 +146,6 @@ def test_kill_a_job_of_two_processes_saving_to_a_bucket(zygote, tmp_path, scheme
         seen.append(g)
     assert interrupted > 0, seen  # not vacuous: kills landed inside saves
 
-    inox_io.save(url, make_tree(seen[-1] + 1), overwrite=True, metadata={"generation": "0"})
+    inox_io.save(url, make_tree(seen[-1] + 1), overwrite=True, metadata={"generation": "0"}, format=layout)
     assert generations(url) == {committed(locate(url))[0]}
     assert generation_of(inox_io.load(url, like)) == seen[-1] + 1
