@@ -1,7 +1,8 @@
 r"""Saves and loads on object storage, against emulators on 127.0.0.1: moto's S3 server
 and gcp-storage-emulator's GCS server (``tests/inox_io/object_servers.py``).
 
-Per case and scheme: inox_io (a single safetensors file, and the sharded directory),
+Per case and scheme: inox_io (a single safetensors file, the sharded directory, and the
+orbax layout),
 the same bytes as one object through the same client (tensorstore's kvstore: the least
 any library on it can do), and orbax's ``StandardCheckpointer`` on GCS (it needs
 ``gcsfs`` for its directories; skipped without it; orbax does not write to S3).
@@ -60,9 +61,11 @@ def methods(scheme: str, tree: Dict[str, np.ndarray], run: str) -> Dict[str, Tup
 
     base = f"{scheme}://{BUCKET}/bench/{run}"
     out = {}
-    for name, path in [("inox_io safetensors", f"{base}/model.safetensors"), ("inox_io sharded", f"{base}/ckpt")]:
+    layouts = [("inox_io safetensors", f"{base}/model.safetensors", None), ("inox_io sharded", f"{base}/ckpt", None)]
+    layouts.append(("inox_io orbax layout", f"{base}/orbax", "orbax"))
+    for name, path, layout in layouts:
         out[name] = (
-            lambda path=path: inox_io.save(path, tree, overwrite=True),
+            lambda path=path, layout=layout: inox_io.save(path, tree, overwrite=True, format=layout),
             lambda path=path: jax.block_until_ready(inox_io.load(path, tree)),
         )
 

@@ -116,8 +116,9 @@ class Format(abc.ABC):
 
     def reads_in_ranges(self, name: str) -> bool:
         r"""Whether a file of this name inside a checkpoint is one that readers read in
-        byte ranges, each process only those it needs, announcing them first (see
-        :mod:`inox_io.storage.ranges`): fetched from object storage only where read."""
+        byte ranges, each process only those it needs, announcing them first or reading
+        them through tensorstore in the bucket (see :mod:`inox_io.storage.ranges`):
+        fetched from object storage only where read."""
 
         return False
 

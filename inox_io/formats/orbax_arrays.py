@@ -7,7 +7,9 @@ chunk is decoded on its own, straight into the buffer returned, a few in flight,
 that a load holds the arrays it returns plus a working set of a few chunks (inox_io's
 own saves write chunks of at most :data:`CHUNK_BYTES`; a folder written with larger
 chunks, by orbax itself, needs one such chunk per chunk in flight). No chunk is
-cached; OCDBT's index is, or every array would read it again.
+cached; OCDBT's index is, or every array would read it again. A folder fetched from
+object storage is read in its bucket, tensorstore requesting the bytes of the chunks
+read (:func:`~inox_io.storage.ranges.read_through`).
 
 The folder's layout (OCDBT or one folder per array; zarr v2 or v3) is orbax's own
 record of it, its ``_METADATA``.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Tuple
 
 from ..atomic import read_regular
+from ..storage.ranges import read_through
 from .payload import aligned_empty
 
 #: The most bytes of one chunk inox_io's orbax-layout saves write (orbax's
@@ -93,16 +96,23 @@ class OrbaxArrays:
             }
         )
         self.stores: Dict[str, Any] = {}
+        # Fetched from object storage: its objects, read where they are (each process
+        # requesting the bytes it reads), or None for local files.
+        self.objects = read_through(self.folder)
 
     def spec(self, name: str) -> Dict[str, Any]:
-        r"""The tensorstore spec of the array :py:`name`, as orbax lays it out."""
+        r"""The tensorstore spec of the array :py:`name`, as orbax lays it out.
 
+        A missing chunk is an error, not zeros: orbax writes every chunk, those equal
+        to the fill value included, so one missing is damage (or a newer save's
+        removal of the objects being read)."""
+
+        base = {"driver": "file", "path": f"{self.folder}/"} if self.objects is None else self.objects
         if self.ocdbt:
-            base = f"file://{self.folder}/"
             kvstore = {"driver": "ocdbt", "base": base, "path": f"{name}/", "cache_pool": "cache_pool#index"}
         else:
-            kvstore = {"driver": "file", "path": f"{self.folder / name}/"}
-        return {"driver": self.driver, "kvstore": kvstore}
+            kvstore = {**base, "path": f"{base['path']}{name}/"}
+        return {"driver": self.driver, "kvstore": kvstore, "fill_missing_data_reads": False}
 
     def open(self, name: str) -> Any:
         r"""The tensorstore of the array :py:`name` (opened once)."""

@@ -4,7 +4,7 @@ r"""The directory format: the arrays as an orbax checkpoint, beside the manifest
 
     <directory>/
         manifest.json   the v1 manifest (written last: without it, a save is unfinished)
-        arrays/         an orbax (StandardCheckpointer) checkpoint of {name: array}
+        arrays/         an orbax (PyTreeCheckpointHandler) checkpoint of {name: array}
 
 Each stored key is one entry of a flat orbax dictionary, named by :func:`orbax_name`
 (the key itself, for keys of printable ASCII without ``/``, ``\`` or ``%``), so plain
@@ -58,6 +58,12 @@ from .transfer import host_bytes, place
 
 ARRAYS = "arrays"
 
+#: OCDBT's target size of a data file (orbax's ``ocdbt_target_data_file_size``): with
+#: chunks of at most CHUNK_BYTES, files stay under the 64 MiB of one object of object
+#: storage, so that readers there read the objects in place (orbax's default makes
+#: files of any size).
+DATA_FILE_BYTES = 32 * 2**20
+
 #: Dtypes that tensorstore cannot store, and how they are stored instead (as uint8):
 #: integers by value, floating types by bits.
 WIDENED = {
@@ -67,6 +73,10 @@ WIDENED = {
     "float6_e2m3fn": "bits",
     "float6_e3m2fn": "bits",
 }
+
+#: The files of ``arrays/`` that hold the arrays' bytes, which tensorstore reads in
+#: part: OCDBT's manifests and data files, zarr's chunks (``1.0``).
+ORBAX_DATA_FILE = re.compile(r"manifest\.ocdbt|[0-9a-f]{32}|[0-9]+(\.[0-9]+)*")
 
 #: Shardings that also fit key data (one more trailing dimension than the keys).
 KEY_DATA_SHARDINGS = (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)
@@ -168,6 +178,9 @@ class OrbaxDirectoryFormat(Format):
     name, suffix, description = "orbax", "", "checkpoint directories"
     collective = True
 
+    def reads_in_ranges(self, name: str) -> bool:
+        return ORBAX_DATA_FILE.fullmatch(name) is not None
+
     def matches(self, path: Path) -> bool:
         return path.is_dir() or path.suffix == ""
 
@@ -213,7 +226,7 @@ class OrbaxDirectoryFormat(Format):
                             # Chunks of at most CHUNK_BYTES: a load decodes one chunk at a
                             # time, not each array (or shard) whole.
                             chunked = {name: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) for name in items}
-                            save = ocp.args.StandardSave(items, save_args=chunked)
+                            save = ocp.args.PyTreeSave(items, save_args=chunked, ocdbt_target_data_file_size=DATA_FILE_BYTES)
                             shielded(lambda: checkpointer.save(temp / ARRAYS, args=save))
                     finally:
                         checkpointer.close()
@@ -268,14 +281,14 @@ def orbax_checkpointer(own_folders: bool) -> Any:
     import orbax.checkpoint as ocp
 
     if jax.process_count() == 1:
-        return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+        return ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     everyone = set(range(jax.process_count()))
     prefix = distributed.name("orbax")
     if not own_folders:
         options = ocp.options.MultiprocessingOptions(active_processes=everyone, barrier_sync_key_prefix=prefix)
-        return ocp.Checkpointer(ocp.StandardCheckpointHandler(multiprocessing_options=options), multiprocessing_options=options)
+        return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=options), multiprocessing_options=options)
     options = ocp.options.MultiprocessingOptions(active_processes=everyone, barrier_sync_key_prefix=prefix, primary_host=None)
-    handler = ocp.StandardCheckpointHandler(use_ocdbt=False, multiprocessing_options=options)
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, multiprocessing_options=options)
     in_place = ocp.path.atomicity.CommitFileTemporaryPath
     return ocp.Checkpointer(handler, multiprocessing_options=options, temporary_path_class=in_place)
 

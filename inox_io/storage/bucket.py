@@ -121,10 +121,21 @@ class Bucket:
         self._ts = ts
         if url.scheme == "gs":
             _gcs_emulator(os.environ)
+        self.spec = spec(url, os.environ)
         try:
-            self.store = ts.KvStore.open(spec(url, os.environ)).result()
+            self.store = ts.KvStore.open(self.spec).result()
         except Exception as e:
             raise storage_error(self.url, e, "opening the bucket") from None
+
+    def kvstore(self, prefix: str) -> Dict[str, Any]:
+        r"""The tensorstore kvstore spec of the keys under :py:`prefix`, for a reader
+        that opens them itself (now: for the GCS emulator, tensorstore reads where it
+        is when it opens the kvstore, and a bucket opened since may have pointed it
+        elsewhere)."""
+
+        if self.url.scheme == "gs":
+            _gcs_emulator(os.environ)
+        return {**self.spec, "path": prefix}
 
     def _wait(self, futures: Sequence[Any], keys: Sequence[str], doing: str) -> List[Any]:
         out = []

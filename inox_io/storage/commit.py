@@ -40,7 +40,7 @@ import secrets
 import time
 
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 from ..errors import CheckpointError
 from .bucket import Bucket, bucket
@@ -295,7 +295,13 @@ def fetch(
                     url, f"generation {generation}: replaced by a newer save while it was read (or damaged); read it again"
                 ) from None
 
-        return DeferredFiles(later, fetch_later)
+        def objects(inside: str) -> Dict[str, Any] | None:
+            under = [size for name, size in files.items() if name.startswith(inside + "/")]
+            if not under or max(under) > object_bytes:
+                return None  # a file in parts: fetched, then read locally
+            return store.kvstore(prefix + inside + "/")
+
+        return DeferredFiles(later, fetch_later, objects)
     raise AssertionError("unreachable")
 
 

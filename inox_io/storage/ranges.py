@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "fetcher", "registered"]
+__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "fetcher", "read_through", "registered"]
 
 import contextlib
 import itertools
@@ -27,7 +27,7 @@ import os
 import threading
 
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Set, Tuple
 
 from ..counting import ByteCounter
 
@@ -57,10 +57,17 @@ def blocks(spans: Spans) -> List[int]:
 class DeferredFiles:
     r"""The files of a fetched checkpoint left for later, and how to fetch their bytes:
     :py:`fetch(name, spans)` writes the bytes of the spans of :py:`name` (a path under
-    the checkpoint) into the local file."""
+    the checkpoint) into the local file; :py:`objects(folder)` is the tensorstore
+    kvstore spec of the objects holding the files under :py:`folder` (relative), where
+    each file is one object, else :py:`None`."""
 
-    def __init__(self, sizes: Mapping[str, int], fetch: Callable[[List[Tuple[str, int, int]]], None]):
-        self.sizes, self.fetch = dict(sizes), fetch
+    def __init__(
+        self,
+        sizes: Mapping[str, int],
+        fetch: Callable[[List[Tuple[str, int, int]]], None],
+        objects: Callable[[str], Dict[str, Any] | None] = lambda folder: None,
+    ):
+        self.sizes, self.fetch, self.objects = dict(sizes), fetch, objects
         self.done: Dict[str, Set[int]] = {name: set() for name in sizes}
         self.lock = threading.Lock()
 
@@ -105,19 +112,50 @@ def registered(folder: Path, files: DeferredFiles) -> Iterator[None]:
             _registry.pop(key, None)
 
 
+def _lookup(checkpoint: Path) -> Tuple[Path, DeferredFiles] | None:
+    r"""The path of :py:`checkpoint` relative to the fetched checkpoint it lies in, and
+    that checkpoint's deferred files; :py:`None` where it lies in none."""
+
+    path = Path(checkpoint).absolute()
+    with _lock:
+        found = next(((root, _registry[os.fspath(root)]) for root in (path, *path.parents) if os.fspath(root) in _registry), None)
+    return None if found is None else (path.relative_to(found[0]), found[1])
+
+
 def fetcher(checkpoint: Path) -> Callable[[Mapping[str, Spans]], None] | None:
     r"""What fetches byte spans :py:`(begin, end)` of the files of :py:`checkpoint` (a
     folder; by name, relative to it) where it is (or lies in) a fetched checkpoint with
     deferred files; :py:`None` otherwise (nothing to fetch, ever): a reader asks once."""
 
-    path = Path(checkpoint).absolute()
-    with _lock:
-        found = next(((root, _registry[os.fspath(root)]) for root in (path, *path.parents) if os.fspath(root) in _registry), None)
+    found = _lookup(checkpoint)
     if found is None:
         return None
-    root, files = found
-    inside = path.relative_to(root)
+    inside, files = found
     return lambda spans: files.ensure({os.fspath(inside / name): list(s) for name, s in spans.items()})
+
+
+def read_through(folder: Path) -> Dict[str, Any] | None:
+    r"""For a reader that reads the files of :py:`folder` through tensorstore (orbax's
+    arrays), which asks for no byte ranges of its own: the kvstore spec of the objects
+    holding them where :py:`folder` lies in a fetched checkpoint and each of its files
+    is one object (tensorstore then requests, from the bucket, the bytes it reads);
+    otherwise :py:`None`, once every deferred file under :py:`folder` is fetched whole,
+    so that a read of the local files finds all their bytes.
+
+    Example:
+        >>> read_through(Path('ckpt/arrays')) is None  # a local checkpoint
+        True
+    """
+
+    found = _lookup(folder)
+    if found is None:
+        return None
+    inside, files = found
+    spec = files.objects(os.fspath(inside))
+    if spec is None:
+        prefix = os.fspath(inside) + "/"
+        files.ensure({name: [(0, size)] for name, size in files.sizes.items() if name.startswith(prefix)})
+    return spec
 
 
 def ensure(checkpoint: Path, spans: Mapping[str, Spans]) -> None:

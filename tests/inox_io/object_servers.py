@@ -33,6 +33,35 @@ def environment(s3: str, gcs: str) -> Dict[str, str]:
     }
 
 
+def _with_generation_headers() -> None:
+    r"""Makes the GCS emulator send an object's generation with its bytes
+    (``x-goog-generation``), as Google's servers do: tensorstore's OCDBT driver, which
+    reads orbax folders in the bucket, needs it, and refuses a read without one."""
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.download
+    if getattr(original, "sends_generation", False):
+        return
+
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            found = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = found["generation"]
+        except NotFound:
+            pass  # the download answers it
+        original(request, response, storage, *args, **kwargs)
+
+    download.sends_generation = True
+    objects.download = download  # what the JSON API's reads (alt=media) call
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is original:
+                handlers[method] = download
+
+
 class Servers:
     r"""Both servers, started in this process' threads, each with :data:`BUCKET`."""
 
@@ -49,6 +78,7 @@ class Servers:
         # The emulator serves one request at a time, and its listen backlog (5) drops the
         # connections of more concurrent requests: each then waits a 1 s SYN retransmit.
         http.server.HTTPServer.request_queue_size = 128
+        _with_generation_headers()
         self.gcs = create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
         self.gcs.start()
         self.gcs_host = f"127.0.0.1:{self.gcs._api._httpd.server_port}"

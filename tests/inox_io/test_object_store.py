@@ -433,3 +433,39 @@ def test_an_index_fetches_its_shards_headers_at_once(root, monkeypatch):
     monkeypatch.setattr(Bucket, "get_ranges", lambda self, ranges: batches.append(ranges) or get_ranges(self, ranges))
     assert sorted(inox_io.inspect(url).arrays) == ["['a']", "['b']", "['c']"]
     assert len(batches) == 2, batches  # the index (and a byte of each shard), then the headers
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_orbax_load_reads_its_objects_in_place(root, scheme, monkeypatch):
+    r"""The data files of the orbax layout (OCDBT's, each under the 64 MiB of an object)
+    are not downloaded: tensorstore reads the chunks a load needs in the bucket. Only
+    the small metadata files, and a byte of each data file, are fetched."""
+
+    from inox_io.storage.bucket import Bucket
+
+    url = f"{root}/orbax"
+    a = np.random.default_rng(0).random(2**21).astype(np.float32)  # 8 MiB, incompressible
+    inox_io.save(url, {"a": a, "b": np.ones(4, np.float32)}, format="orbax")
+    fetched = []
+    get_ranges = Bucket.get_ranges
+    monkeypatch.setattr(Bucket, "get_ranges", lambda self, ranges: fetched.extend(get_ranges(self, ranges)) or fetched[-len(ranges):])
+    out = inox_io.load(url, {"a": jax.ShapeDtypeStruct(a.shape, a.dtype), "b": jax.ShapeDtypeStruct((4,), np.float32)})
+    np.testing.assert_array_equal(out["a"], a)
+    assert sum(len(value) for value in fetched) < 64 * 2**10, sum(len(value) for value in fetched)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_orbax_checkpoint_with_files_in_parts_is_fetched_first(root, scheme, monkeypatch):
+    r"""Where a file of ``arrays/`` lies in several objects (tensorstore cannot read it
+    in place), the data files are fetched whole before the load reads them locally."""
+
+    from inox_io.storage import commit
+
+    monkeypatch.setattr(commit, "OBJECT_BYTES", 2048)
+    monkeypatch.setattr(commit, "PART_BYTES", 1024)
+    url = f"{root}/orbax-parts"
+    a = np.random.default_rng(1).random(2**14).astype(np.float32)  # 64 KiB
+    inox_io.save(url, {"a": a}, format="orbax")
+    assert any(".inox-part-" in k for k in keys(url))
+    np.testing.assert_array_equal(inox_io.load(url, {"a": jax.ShapeDtypeStruct(a.shape, a.dtype)})["a"], a)
+    assert sorted(inox_io.verify(url).arrays) == ["['a']"]
