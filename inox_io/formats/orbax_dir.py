@@ -50,6 +50,7 @@ from ..atomic import MAX_REPLACEMENTS, again_if_replaced, open_regular, read_reg
 from ..dtypes import is_key_dtype
 from ..errors import CHECKSUM_MISMATCH, CheckpointError, damage_error, unchecked_error
 from ..manifest import MAX_MANIFEST_BYTES, ArrayInfo, Manifest
+from ..storage.ranges import superseded
 from .checksums import Checksums, crc32
 from .directory_commit import MANIFEST, reporting_growth, save_directory
 from .interface import Format, Reader, Target
@@ -430,6 +431,8 @@ class OrbaxReader(Reader):
             try:
                 out = read()
             except CheckpointError:
+                if superseded(self.arrays):  # read in its bucket, whose objects a newer save removed
+                    raise CheckpointError(self.path, "replaced by a newer save while it was read; read it again") from None
                 if not replaced(self.path, self.status):
                     raise
             else:

@@ -301,7 +301,11 @@ def fetch(
                 return None  # a file in parts: fetched, then read locally
             return store.kvstore(prefix + inside + "/")
 
-        return DeferredFiles(later, fetch_later, objects)
+        def current() -> bool:
+            record = committed(url)
+            return record is not None and record.generation == generation
+
+        return DeferredFiles(later, fetch_later, objects, current)
     raise AssertionError("unreachable")
 
 

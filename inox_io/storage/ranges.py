@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "fetcher", "read_through", "registered"]
+__all__ = ["BLOCK_BYTES", "DeferredFiles", "FETCHED", "blocks", "ensure", "fetcher", "read_through", "registered", "superseded"]
 
 import contextlib
 import itertools
@@ -59,15 +59,17 @@ class DeferredFiles:
     :py:`fetch(name, spans)` writes the bytes of the spans of :py:`name` (a path under
     the checkpoint) into the local file; :py:`objects(folder)` is the tensorstore
     kvstore spec of the objects holding the files under :py:`folder` (relative), where
-    each file is one object, else :py:`None`."""
+    each file is one object, else :py:`None`; :py:`current()` says whether they are
+    still the checkpoint's (no newer save replaced them)."""
 
     def __init__(
         self,
         sizes: Mapping[str, int],
         fetch: Callable[[List[Tuple[str, int, int]]], None],
         objects: Callable[[str], Dict[str, Any] | None] = lambda folder: None,
+        current: Callable[[], bool] = lambda: True,
     ):
-        self.sizes, self.fetch, self.objects = dict(sizes), fetch, objects
+        self.sizes, self.fetch, self.objects, self.current = dict(sizes), fetch, objects, current
         self.done: Dict[str, Set[int]] = {name: set() for name in sizes}
         self.lock = threading.Lock()
 
@@ -132,6 +134,20 @@ def fetcher(checkpoint: Path) -> Callable[[Mapping[str, Spans]], None] | None:
         return None
     inside, files = found
     return lambda spans: files.ensure({os.fspath(inside / name): list(s) for name, s in spans.items()})
+
+
+def superseded(checkpoint: Path) -> bool:
+    r"""Whether :py:`checkpoint` lies in a checkpoint fetched from object storage that
+    a newer save has replaced since (its objects deleted, or about to be): a reader
+    that failed reading them in place asks, to report that rather than damage.
+
+    Example:
+        >>> superseded(Path('ckpt'))  # a local checkpoint
+        False
+    """
+
+    found = _lookup(checkpoint)
+    return found is not None and not found[1].current()
 
 
 def read_through(folder: Path) -> Dict[str, Any] | None:

@@ -469,3 +469,25 @@ def test_an_orbax_checkpoint_with_files_in_parts_is_fetched_first(root, scheme, 
     assert any(".inox-part-" in k for k in keys(url))
     np.testing.assert_array_equal(inox_io.load(url, {"a": jax.ShapeDtypeStruct(a.shape, a.dtype)})["a"], a)
     assert sorted(inox_io.verify(url).arrays) == ["['a']"]
+
+
+def test_an_orbax_load_replaced_while_it_reads_says_so(root, monkeypatch):
+    r"""A load reading an orbax checkpoint in its bucket while a newer save replaces it
+    (and deletes its objects) is told to read again, not that the checkpoint is damaged;
+    the next load reads the new one."""
+
+    from inox_io.formats.orbax_arrays import OrbaxArrays
+
+    url = f"{root}/orbax-replaced"
+    inox_io.save(url, model(0), format="orbax")
+    read_all = OrbaxArrays.read_all
+
+    def replaced_meanwhile(self, wanted):
+        inox_io.save(url, model(1), overwrite=True, format="orbax")
+        return read_all(self, wanted)
+
+    monkeypatch.setattr(OrbaxArrays, "read_all", replaced_meanwhile)
+    with pytest.raises(inox_io.CheckpointError, match="replaced by a newer save while it was read; read it again"):
+        inox_io.load(url, model(2))
+    monkeypatch.setattr(OrbaxArrays, "read_all", read_all)
+    assert_same(inox_io.load(url, model(2)), model(1))
