@@ -110,6 +110,10 @@ class OrbaxArrays:
         base = {"driver": "file", "path": f"{self.folder}/"} if self.objects is None else self.objects
         if self.ocdbt:
             kvstore = {"driver": "ocdbt", "base": base, "path": f"{name}/", "cache_pool": "cache_pool#index"}
+            if self.objects is not None:
+                # Reads of nearby chunks of a data file merged into one request: many
+                # small arrays would otherwise cost as many round trips.
+                kvstore.update(experimental_read_coalescing_threshold_bytes=2**20, experimental_read_coalescing_merged_bytes=16 * 2**20, experimental_read_coalescing_interval="5ms")
         else:
             kvstore = {**base, "path": f"{base['path']}{name}/"}
         return {"driver": self.driver, "kvstore": kvstore, "fill_missing_data_reads": False}

@@ -486,6 +486,19 @@ class OrbaxReader(Reader):
                 raise CheckpointError(self.path, f"{ARRAYS}/ is not a readable orbax checkpoint ({reason(e)})") from None
         return self._arrays
 
+    def open_entries(self, keys: Iterable[str]) -> None:
+        r"""Opens the stored entries of :py:`keys` together, for :meth:`entry` to find:
+        in a bucket, their requests are in flight at once, not one array after another."""
+
+        names = [orbax_name(key) for key in keys]
+        if not names:
+            return  # a tree without arrays has no arrays/
+        arrays = self.orbax_arrays()
+        try:
+            arrays.open_all(names)
+        except Exception:
+            pass  # entry() opens each again alone, and names the key that fails
+
     def entry(self, key: str) -> Any:
         r"""The stored entry of :py:`key` (its :py:`shape` and :py:`dtype`), or
         :py:`None` if there is none."""
@@ -539,6 +552,7 @@ class OrbaxReader(Reader):
         if missing:
             raise unchecked_error(self.path, list(missing))  # before anything is read
         items, after, out = {}, {}, {}
+        self.open_entries(key for key, target in targets.items() if not empty(self.manifest.arrays[key]) and target.transform is None)
         for key, target in targets.items():
             info = self.manifest.arrays[key]
             if empty(info) or target.transform is not None:

@@ -56,7 +56,7 @@ import numpy as np
 import os
 
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Tuple
 
 from .. import keypath
 from ..atomic import open_regular
@@ -442,6 +442,9 @@ class OrbaxNativeReader(OrbaxReader):
     @property
     def arrays(self) -> Path:
         return self.path.absolute()
+
+    def open_entries(self, keys: Iterable[str]) -> None:
+        pass  # orbax's descriptions were read when the directory was opened
 
     def entry(self, key: str) -> Any:
         r"""Orbax's description (shape, dtype) of the array of :py:`key`, where
