@@ -175,7 +175,8 @@ def test_wrong_credentials(root, monkeypatch):
 def test_credentials_from_the_shared_credentials_file(root, servers, tmp_path, monkeypatch):
     r"""With moto checking keys, those of a user it knows, given only in an AWS shared
     credentials file (``AWS_SHARED_CREDENTIALS_FILE``, profile ``AWS_PROFILE``), as
-    boto3 and the AWS CLI read them: a load succeeds; a profile with keys moto does not
+    boto3 and the AWS CLI read them: a load succeeds (the orbax layout's too, which
+    tensorstore reads in the bucket itself); a profile with keys moto does not
     know is refused. (Saved before moto checks keys: it refuses the signature of
     tensorstore's prefix listings, which a save makes, whatever the keys.)"""
 
@@ -196,14 +197,16 @@ def test_credentials_from_the_shared_credentials_file(root, servers, tmp_path, m
         f"[trainer]\naws_access_key_id = {keys['AccessKeyId']}\naws_secret_access_key = {keys['SecretAccessKey']}\n"
         "[stranger]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wrong\n"
     )
-    url = f"{root}/model.safetensors"
+    url, orbax = f"{root}/model.safetensors", f"{root}/orbax"
     inox_io.save(url, model(3))
+    inox_io.save(orbax, model(4), format="orbax")  # read in the bucket, by tensorstore itself
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_PROFILE", "trainer")
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys from now on
     assert_same(inox_io.load(url, model()), model(3))
+    assert_same(inox_io.load(orbax, model()), model(4))
 
     monkeypatch.setenv("AWS_PROFILE", "stranger")
     with pytest.raises(PermissionError, match="access denied or no valid credentials"):
